@@ -1,0 +1,25 @@
+/* A small HTTP server for /health and /metrics, for programs without an HTTP API of their own. */
+#ifndef US_ADMIN_HTTP_H
+#define US_ADMIN_HTTP_H
+
+#include <stddef.h>
+
+/* Asked on every GET /health: returns 1 when healthy (HTTP 200) or 0 (HTTP 503), with a short
+ * reason in msg either way. */
+typedef int (*us_health_fn)(void *arg, char *msg, size_t msglen);
+
+typedef struct us_admin_http us_admin_http;
+
+/* Starts serving on address:port in a thread of its own. Returns NULL with err set on failure. */
+us_admin_http *us_admin_http_start(const char *address, int port, us_health_fn health, void *arg,
+                                   char *err, size_t errlen);
+void us_admin_http_stop(us_admin_http *h);
+
+/* Helpers shared with the query service: a response for GET /metrics. */
+struct MHD_Response *us_admin_metrics_response(void);
+
+/* Parses an IPv4 or IPv6 address and port into a sockaddr for MHD. Returns 0, or -1 with err. */
+int us_listen_addr(const char *address, int port, void *sockaddr_storage, char *err,
+                   size_t errlen);
+
+#endif

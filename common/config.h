@@ -1,0 +1,93 @@
+/* Configuration: one JSON file, USERSTATUS_* environment overrides and command-line flags. */
+#ifndef US_CONFIG_H
+#define US_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A list of strings: Redis addresses, or kafka.properties as name/value pairs. */
+typedef struct us_strlist {
+    char **items;
+    size_t count;
+} us_strlist;
+
+typedef struct us_config {
+    char *api_key;
+    bool api_insecure;
+    char *address;
+    int port;
+    char *log_level;
+    char *engine;
+    us_strlist redis_address; /* Top-level (Centrifugo engine) Redis. */
+
+    struct {
+        bool enabled;
+        us_strlist redis_address;
+        bool use_redis_from_engine;
+        char *redis_prefix;
+        int64_t expire_interval_ms;
+        int64_t max_clock_skew_ms;
+        int64_t redis_connect_timeout_ms;
+        int64_t redis_io_timeout_ms;
+        us_strlist redis_sentinel_address;
+        char *redis_sentinel_master_name;
+        us_strlist redis_cluster_address;
+    } user_status;
+
+    struct {
+        char *brokers;
+        char *topic;
+        char *dlq_topic;
+        char *consumer_group;
+        int partitions;
+        int replication_factor;
+        int64_t produce_timeout_ms;
+        us_strlist properties; /* name0, value0, name1, value1, ... */
+    } kafka;
+
+    struct {
+        int batch_size;
+        char *metrics_address;
+        int metrics_port;
+        int processes;
+    } worker;
+
+    struct {
+        int max_body_size;
+        int max_users_per_request;
+        int max_user_id_length;
+        int threads;
+        int max_connections;
+        int64_t connection_timeout_ms;
+    } query;
+} us_config;
+
+/* One override from the command line: a key path ("user_status.redis_address") and its text. */
+typedef struct us_config_override {
+    const char *path;
+    const char *value;
+} us_config_override;
+
+#define US_USER_ID_MAX 256 /* Bytes; the event schema's limit. */
+#define US_STATE_MAX 64    /* Bytes. */
+
+/* Fills *cfg with defaults, then the JSON file at path (NULL: none), then USERSTATUS_* environment
+ * variables from envp (NULL-terminated "NAME=value" array; NULL: none), then the overrides. On any
+ * unknown key, wrong type or bad value returns -1 with a message naming the key in err; *cfg must
+ * still be released with us_config_free. Returns 0 on success. */
+int us_config_load(us_config *cfg, const char *path, char **envp,
+                   const us_config_override *overrides, size_t noverrides, char *err,
+                   size_t errlen);
+
+/* Sets one key from text, as an environment variable would. Returns 0, or -1 with err set. */
+int us_config_set(us_config *cfg, const char *path, const char *text, char *err, size_t errlen);
+
+/* The Redis addresses user status uses: user_status.redis_address, or with use_redis_from_engine
+ * the top-level redis_address. */
+const us_strlist *us_config_redis_addresses(const us_config *cfg);
+
+/* Releases everything the config owns; accepts a zeroed or partly filled config. */
+void us_config_free(us_config *cfg);
+
+#endif

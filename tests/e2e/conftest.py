@@ -1,0 +1,535 @@
+"""Fixtures for the black-box end-to-end tests of userstatus-worker and userstatus-query.
+
+Kafka and Redis are started outside the tests (scripts/test.sh). Environment:
+  USERSTATUS_TEST_KAFKA   bootstrap servers        (default 127.0.0.1:19092)
+  USERSTATUS_TEST_REDIS   redis host:port          (default 127.0.0.1:16379)
+  USERSTATUS_BUILD_DIR    CMake build directory    (default build, relative to the repo root)
+
+Every test gets its own namespace (topic, DLQ topic, consumer group, Redis prefix), so tests never see
+each other's data. The programs are started with --config FILE and stopped with SIGTERM; a non-zero
+exit code fails the test, and their stderr is attached to the report of a failed test.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import msgpack
+import pytest
+import requests
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+REPO = Path(__file__).resolve().parents[2]
+KAFKA = os.environ.get("USERSTATUS_TEST_KAFKA", "127.0.0.1:19092")
+REDIS = os.environ.get("USERSTATUS_TEST_REDIS", "127.0.0.1:16379")
+BUILD = Path(os.environ.get("USERSTATUS_BUILD_DIR", "build"))
+if not BUILD.is_absolute():
+    BUILD = REPO / BUILD
+WORKER_BIN = BUILD / "worker" / "userstatus-worker"
+QUERY_BIN = BUILD / "query" / "userstatus-query"
+
+API_KEY = "secret"
+PARTITIONS = 4
+STOP_TIMEOUT = 30.0
+START_TIMEOUT = 30.0
+POLL_TIMEOUT = 20.0
+
+
+# --------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def free_port():
+    """A TCP port that is free right now (bind port 0 and let the kernel choose)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(cond, timeout=POLL_TIMEOUT, interval=0.1, what="condition"):
+    """Call cond() until it returns a truthy value (returned) or timeout seconds pass (AssertionError).
+
+    Exceptions raised by cond() count as 'not yet'; the last one is shown on timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            v = cond()
+            if v:
+                return v
+            last = v
+        except Exception as e:  # noqa: BLE001 - polled condition may fail transiently
+            last = e
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %.1fs waiting for %s (last: %r)" % (timeout, what, last))
+        time.sleep(interval)
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def deep_merge(base, over):
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# a tiny RESP2 client (no redis package needed)
+
+
+class RedisError(Exception):
+    pass
+
+
+class Redis:
+    def __init__(self, addr=REDIS):
+        host, port = addr.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=5)
+        self.f = self.sock.makefile("rb")
+
+    def close(self):
+        try:
+            self.f.close()
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __call__(self, *args):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            if not isinstance(a, bytes):
+                a = str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        self.sock.sendall(b"".join(out))
+        return self._read()
+
+    def _read(self):
+        line = self.f.readline()
+        if not line:
+            raise ConnectionError("redis closed the connection")
+        t, rest = line[:1], line[1:-2]
+        if t == b"+":
+            return rest.decode()
+        if t == b"-":
+            raise RedisError(rest.decode())
+        if t == b":":
+            return int(rest)
+        if t == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            data = self.f.read(n + 2)
+            return data[:-2]
+        if t == b"*":
+            n = int(rest)
+            if n < 0:
+                return None
+            return [self._read() for _ in range(n)]
+        raise RedisError("unexpected RESP reply %r" % line)
+
+
+@pytest.fixture
+def redis():
+    r = Redis()
+    yield r
+    r.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Kafka helpers
+
+
+def admin():
+    return AdminClient({"bootstrap.servers": KAFKA})
+
+
+def create_topics(names, partitions=PARTITIONS):
+    a = admin()
+    fs = a.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
+                         operation_timeout=20)
+    for n, f in fs.items():
+        f.result(30)
+
+    def ready():
+        md = a.list_topics(timeout=5)
+        for n in names:
+            t = md.topics.get(n)
+            if t is None or t.error is not None or len(t.partitions) != partitions:
+                return False
+            if any(p.leader < 0 for p in t.partitions.values()):
+                return False
+        return True
+
+    wait_until(ready, what="topics %s to have leaders" % names)
+
+
+def delete_topics(names):
+    try:
+        fs = admin().delete_topics(list(names), operation_timeout=10)
+        for f in fs.values():
+            try:
+                f.result(15)
+            except Exception:  # noqa: BLE001 - best effort clean-up
+                pass
+    except Exception:  # noqa: BLE001
+        pass
+
+
+class KafkaProducer:
+    """Publishes events the way every producer of userstatus events must: key = user id,
+    murmur2_random partitioner (Java-compatible)."""
+
+    def __init__(self, topic):
+        self.topic = topic
+        self.p = Producer({
+            "bootstrap.servers": KAFKA,
+            "partitioner": "murmur2_random",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+        })
+        self.errors = []
+        self.delivered = []
+
+    def _cb(self, err, msg):
+        if err is not None:
+            self.errors.append(err)
+        else:
+            self.delivered.append((msg.partition(), msg.offset(), msg.key()))
+
+    def send(self, value, key=None, timestamp=None, headers=None):
+        """value: a dict (packed with msgpack, str as str) or raw bytes. key: str/bytes or None."""
+        if isinstance(value, dict):
+            value = msgpack.packb(value, use_bin_type=True)
+        kw = {}
+        if timestamp is not None:
+            kw["timestamp"] = int(timestamp)
+        if headers:
+            kw["headers"] = headers
+        while True:
+            try:
+                self.p.produce(self.topic, value=value, key=key, on_delivery=self._cb, **kw)
+                break
+            except BufferError:
+                self.p.poll(0.1)
+        self.p.poll(0)
+
+    def event(self, type_, user, time_ms=None, state=None, key=..., timestamp=None, **extra):
+        d = {"type": type_, "user": user}
+        if time_ms is not None:
+            d["time"] = time_ms
+        if state is not None:
+            d["state"] = state
+        d.update(extra)
+        self.send(d, key=user if key is ... else key, timestamp=timestamp)
+
+    def flush(self, timeout=30):
+        left = self.p.flush(timeout)
+        assert left == 0, "%d messages not delivered" % left
+        assert not self.errors, "delivery errors: %r" % self.errors
+
+
+def consume_all(topic, expected, timeout=POLL_TIMEOUT):
+    """Read topic from the beginning (all partitions, no group commit) until `expected` messages were
+    read or timeout. Returns a list of dicts sorted by (partition, offset)."""
+    c = Consumer({
+        "bootstrap.servers": KAFKA,
+        "group.id": "us-e2e-reader-" + uuid.uuid4().hex[:8],
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": False,
+    })
+    try:
+        md = c.list_topics(topic, timeout=10)
+        parts = sorted(md.topics[topic].partitions)
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        got = []
+        deadline = time.monotonic() + timeout
+        while len(got) < expected and time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is None:
+                continue
+            if m.error():
+                continue
+            got.append({
+                "topic": m.topic(),
+                "partition": m.partition(),
+                "offset": m.offset(),
+                "key": m.key(),
+                "value": m.value(),
+                "headers": {k: (v.decode() if v is not None else None) for k, v in (m.headers() or [])},
+                "timestamp": m.timestamp()[1],
+            })
+        return sorted(got, key=lambda d: (d["partition"], d["offset"]))
+    finally:
+        c.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# processes
+
+
+class Proc:
+    def __init__(self, name, argv, log_path, env):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                  env=env, cwd=str(REPO))
+        self.stopped = False
+
+    @property
+    def pid(self):
+        return self.p.pid
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def log(self):
+        try:
+            return Path(self.log_path).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_health(self, url, require_200=True, timeout=START_TIMEOUT):
+        def ok():
+            if not self.alive():
+                raise AssertionError("%s exited with %s during start-up:\n%s" % (self.name, self.p.returncode,
+                                                                                self.log()[-4000:]))
+            try:
+                r = requests.get(url, timeout=2)
+            except requests.RequestException:
+                return False
+            return r.status_code == 200 or not require_200
+
+        deadline = time.monotonic() + timeout
+        while True:
+            if ok():
+                return
+            if time.monotonic() >= deadline:
+                raise AssertionError("%s did not answer %s within %.0fs:\n%s" % (self.name, url, timeout,
+                                                                                 self.log()[-4000:]))
+            time.sleep(0.1)
+
+    def stop(self, timeout=STOP_TIMEOUT):
+        """SIGTERM; returns the exit code (None when it had to be killed)."""
+        if self.stopped:
+            return self.p.returncode
+        self.stopped = True
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+                self._log.close()
+                return None
+        self._log.close()
+        return self.p.returncode
+
+    def stop_ok(self):
+        rc = self.stop()
+        assert rc == 0, "%s exited with %r after SIGTERM (expected 0 within %.0fs):\n%s" % (
+            self.name, rc, STOP_TIMEOUT, self.log()[-4000:])
+
+
+def child_env():
+    # USERSTATUS_* variables are configuration overrides for the programs: pass none of ours through.
+    return {k: v for k, v in os.environ.items() if not k.startswith("USERSTATUS_")}
+
+
+class Namespace:
+    """One test's private world: topic, DLQ, consumer group, Redis prefix, configs and processes."""
+
+    def __init__(self, tmp_path, item):
+        tag = uuid.uuid4().hex[:10]
+        self.id = tag
+        self.topic = "us_" + tag
+        self.dlq = "us_" + tag + "_dlq"
+        self.group = "us_" + tag + "_g"
+        self.prefix = "us_" + tag
+        self.tmp = Path(tmp_path)
+        self.procs = []
+        self.item = item
+        self._n = 0
+        self._producer = None
+
+    # ---- configuration
+    def config(self, **over):
+        """A full config dict for this namespace; keyword args are deep-merged sections, e.g.
+        config(user_status={"expire_interval": "2s"}, query={"max_users_per_request": 3})."""
+        cfg = {
+            "api_key": API_KEY,
+            "address": "127.0.0.1",
+            "port": free_port(),
+            "log_level": "info",
+            "user_status": {
+                "enabled": True,
+                "redis_address": REDIS,
+                "redis_prefix": self.prefix,
+                "expire_interval": "1h",
+            },
+            "kafka": {
+                "brokers": KAFKA,
+                "topic": self.topic,
+                "dlq_topic": self.dlq,
+                "consumer_group": self.group,
+                "partitions": PARTITIONS,
+                "replication_factor": 1,
+            },
+            "worker": {
+                "metrics_address": "127.0.0.1",
+                "metrics_port": free_port(),
+            },
+        }
+        return deep_merge(cfg, over)
+
+    def write_config(self, cfg):
+        self._n += 1
+        path = self.tmp / ("config-%d.json" % self._n)
+        path.write_text(json.dumps(cfg, indent=2))
+        return path
+
+    # ---- processes
+    def _start(self, kind, binary, cfg, health_url, require_200):
+        if not binary.exists():
+            pytest.fail("%s not built: %s (set USERSTATUS_BUILD_DIR)" % (kind, binary))
+        path = self.write_config(cfg)
+        log = self.tmp / ("%s-%d.log" % (kind, self._n))
+        proc = Proc(kind, [str(binary), "--config", str(path)], str(log), child_env())
+        proc.cfg = cfg
+        self.procs.append(proc)
+        proc.wait_health(health_url, require_200=require_200)
+        return proc
+
+    def start_worker(self, cfg=None):
+        cfg = cfg or self.config()
+        w = self._start("userstatus-worker", WORKER_BIN, cfg,
+                        "http://127.0.0.1:%d/health" % cfg["worker"]["metrics_port"], True)
+        w.metrics_url = "http://127.0.0.1:%d" % cfg["worker"]["metrics_port"]
+        return w
+
+    def start_query(self, cfg=None, require_200=True):
+        cfg = cfg or self.config()
+        q = self._start("userstatus-query", QUERY_BIN, cfg, "http://127.0.0.1:%d/health" % cfg["port"],
+                        require_200)
+        q.url = "http://127.0.0.1:%d" % cfg["port"]
+        return q
+
+    # ---- Kafka
+    @property
+    def producer(self):
+        if self._producer is None:
+            self._producer = KafkaProducer(self.topic)
+        return self._producer
+
+    def dlq_messages(self, expected, timeout=POLL_TIMEOUT):
+        return consume_all(self.dlq, expected, timeout)
+
+    # ---- Redis
+    def key(self, user):
+        return "%s:%s" % (self.prefix, user)
+
+    def close(self):
+        errors = []
+        for p in self.procs:
+            if not p.stopped:
+                rc = p.stop()
+                if rc != 0:
+                    errors.append("%s exited with %r after SIGTERM:\n%s" % (p.name, rc, p.log()[-4000:]))
+        if self._producer is not None:
+            self._producer.p.flush(5)
+        return errors
+
+
+def api(base_url, method, body, key=API_KEY, headers=None, raw=None, http_method="POST", params=None,
+        timeout=15):
+    """Call /api/<method>. body: a JSON-able object (ignored when raw bytes are given). Returns the
+    requests.Response."""
+    h = {"Content-Type": "application/json"}
+    if key is not None:
+        h["X-API-Key"] = key
+    if headers:
+        h.update(headers)
+    data = raw if raw is not None else json.dumps(body).encode()
+    return requests.request(http_method, "%s/api/%s" % (base_url, method), data=data, headers=h,
+                            params=params, timeout=timeout)
+
+
+def call(base_url, method, body, **kw):
+    """api() and return the decoded JSON of an HTTP 200 answer."""
+    r = api(base_url, method, body, **kw)
+    assert r.status_code == 200, "HTTP %d: %r" % (r.status_code, r.content[:500])
+    return r.json()
+
+
+def statuses(base_url, users):
+    res = call(base_url, "get_user_status", {"users": list(users)})
+    assert "result" in res, res
+    return res["result"]["statuses"]
+
+
+def status(base_url, user):
+    return statuses(base_url, [user])[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+    ns = getattr(item, "_us_ns", None)
+    if ns is not None and rep.failed:
+        for p in ns.procs:
+            rep.sections.append(("%s (pid %d) log %s" % (p.name, p.pid, p.log_path), p.log()[-20000:]))
+
+
+@pytest.fixture
+def ns(request, tmp_path):
+    """A private namespace with its topics created (PARTITIONS partitions each)."""
+    n = Namespace(tmp_path, request.node)
+    create_topics([n.topic, n.dlq])
+    request.node._us_ns = n
+    yield n
+    errors = n.close()
+    delete_topics([n.topic, n.dlq])
+    try:
+        r = Redis()
+        keys = r("KEYS", n.prefix + ":*") or []
+        for i in range(0, len(keys), 500):
+            r("DEL", *keys[i:i + 500])
+        r.close()
+    except Exception:  # noqa: BLE001 - best effort clean-up
+        pass
+    assert not errors, "\n".join(errors)
+
+
+@pytest.fixture
+def stack(ns):
+    """A worker and a query service sharing one config; returns (worker, query)."""
+    cfg = ns.config()
+    w = ns.start_worker(cfg)
+    q = ns.start_query(cfg)
+    return w, q
+
+
+@pytest.fixture
+def query(ns):
+    """A query service alone (reads Redis, produces to Kafka, no worker)."""
+    return ns.start_query()
