@@ -1,1 +1,80 @@
-int main(void){return 0;}
+/* userstatus-query: the Centrifugo-compatible user status HTTP API. */
+#include "api.h"
+#include "cli.h"
+#include "config.h"
+#include "log.h"
+#include "metrics.h"
+#include "producer.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+static const us_cli_flag flags[] = {
+    {"address", "address", "listen address"},
+    {"port", "port", "listen port"},
+    {"brokers", "kafka.brokers", "Kafka bootstrap servers"},
+    {"redis-address", "user_status.redis_address", "Redis address(es), comma-separated"},
+    {"log-level", "log_level", "debug, info, warn or error"},
+};
+
+int main(int argc, char **argv, char **envp)
+{
+    us_log_set_tag("query");
+    us_config cfg;
+    int check_only;
+    int rc = us_cli_load(argc, argv, envp, "userstatus-query", flags,
+                         sizeof(flags) / sizeof(flags[0]), &cfg, &check_only);
+    if (rc != 0) {
+        us_config_free(&cfg);
+        return rc == 2 ? 0 : 1;
+    }
+    if (cfg.api_key[0] == '\0' && !cfg.api_insecure) {
+        fprintf(stderr, "userstatus-query: configuration error: 'api_key' is empty; set it, or set "
+                        "'api_insecure': true to serve the API without authentication\n");
+        us_config_free(&cfg);
+        return 1;
+    }
+    if (check_only) {
+        printf("configuration is valid\n");
+        us_config_free(&cfg);
+        return 0;
+    }
+    if (cfg.api_insecure)
+        us_warn("api_insecure is true: the API accepts requests WITHOUT an API key; never expose "
+                "this port beyond a trusted network");
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char err[512];
+    us_producer *producer = us_producer_new(&cfg, err, sizeof(err));
+    us_api *api = producer ? us_api_start(&cfg, producer, err, sizeof(err)) : NULL;
+    if (!api) {
+        us_error("%s", err);
+        us_producer_free(producer);
+        us_config_free(&cfg);
+        us_metrics_free_all();
+        return 1;
+    }
+    while (!stop_requested) pause();
+    us_info("shutting down");
+    us_api_stop(api);
+    us_producer_free(producer);
+    us_config_free(&cfg);
+    us_metrics_free_all();
+    return 0;
+}
