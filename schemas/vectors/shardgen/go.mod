@@ -1,0 +1,3 @@
+module userstatus/shardgen
+
+go 1.21
