@@ -188,10 +188,10 @@ static int redis_settle(worker *w)
 
 static void batch_release(worker *w)
 {
+    us_batch_reset(&w->batch); /* First: it reads user ids that live in the messages. */
     for (size_t i = 0; i < w->nmsgs; i++) rd_kafka_message_destroy(w->msgs[i]);
     w->nmsgs = 0;
     w->ndlq = 0;
-    us_batch_reset(&w->batch);
 }
 
 /* Stores last offset + 1 of every partition in the batch. */
