@@ -43,6 +43,7 @@
 #define TOPIC_CREATE_TIMEOUT_MS 10000
 #define COMMIT_TIMEOUT_NOTE "synchronous commit"
 #define DETAIL_MAX 160
+#define QUEUED_MAX_KBYTES "16384" /* Kilobytes of prefetched messages in librdkafka's queue. */
 
 typedef enum dlq_state { DLQ_PENDING, DLQ_DELIVERED, DLQ_FAILED } dlq_state;
 
@@ -389,6 +390,9 @@ static rd_kafka_t *create_consumer(worker *w, char *err, size_t errlen)
         {"auto.offset.reset", "earliest"},
         {"partition.assignment.strategy", "cooperative-sticky"},
         {"enable.partition.eof", "false"},
+        /* The prefetch queue bounds the worker's memory; at librdkafka's 64 MiB default the
+         * worker alone would break its 30 MB budget. */
+        {"queued.max.messages.kbytes", QUEUED_MAX_KBYTES},
     };
     for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++)
         if (us_kafka_conf_set(conf, settings[i][0], settings[i][1], err, errlen) != 0) goto fail;

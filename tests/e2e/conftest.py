@@ -288,6 +288,7 @@ class Proc:
         self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                                   env=env, cwd=str(REPO))
         self.stopped = False
+        self.exited_early = None
 
     @property
     def pid(self):
@@ -327,6 +328,9 @@ class Proc:
         if self.stopped:
             return self.p.returncode
         self.stopped = True
+        if self.p.poll() is not None:
+            # ended before the test stopped it (crash, or a signal from outside the test)
+            self.exited_early = self.p.returncode
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGTERM)
             try:
@@ -497,7 +501,12 @@ def pytest_runtest_makereport(item, call):
     ns = getattr(item, "_us_ns", None)
     if ns is not None and rep.failed:
         for p in ns.procs:
-            rep.sections.append(("%s (pid %d) log %s" % (p.name, p.pid, p.log_path), p.log()[-20000:]))
+            rc = p.p.poll()
+            state = "running" if rc is None else "exited %d" % rc
+            if p.exited_early is not None or (rc is not None and not p.stopped):
+                state += " BEFORE the test stopped it"
+            rep.sections.append(("%s (pid %d, %s) log %s" % (p.name, p.pid, state, p.log_path),
+                                 p.log()[-20000:]))
 
 
 @pytest.fixture
