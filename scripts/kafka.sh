@@ -27,7 +27,8 @@ PATTERN="kafka.Kafka $PROPS"
 pom_hash() { sha256sum "$POM" | cut -c1-16; }
 
 cmd_fetch() {
-    local stamp="$LIBS/.pom-$(pom_hash)"
+    local stamp
+    stamp="$LIBS/.pom-$(pom_hash)"
     if [[ -f "$stamp" ]]; then
         info "Kafka jars already in $LIBS"
         return 0
@@ -40,10 +41,12 @@ cmd_fetch() {
     local t0=$SECONDS tmp="$LIBS.tmp.$$"
     rm -rf "$tmp"
     mkdir -p "$CACHE"
+    local mlog="$CACHE/kafka-fetch.log"
     if ! mvn -B -q -Dstyle.color=never -f "$POM" dependency:copy-dependencies -DincludeScope=runtime \
-            -DoutputDirectory="$tmp"; then
+            -DoutputDirectory="$tmp" >"$mlog" 2>&1; then
+        cat "$mlog" >&2
         rm -rf "$tmp"
-        die "mvn could not fetch the Kafka jars (see the output above)"
+        die "mvn could not fetch the Kafka jars (output above, also in $mlog)"
     fi
     ls "$tmp"/kafka_2.13-*.jar >/dev/null 2>&1 || { rm -rf "$tmp"; die "kafka_2.13 jar missing after fetch"; }
     touch "$tmp/.pom-$(pom_hash)"
@@ -151,7 +154,7 @@ cmd_start() {
         setsid nohup java -Xms128m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
             -Dlog4j.configuration="file:$KAFKA_DATA/log4j.properties" \
             -Dkafka.logs.dir="$KAFKA_DATA" \
-            -cp "$LIBS/*" kafka.Kafka "$PROPS" >"$LOGFILE" 2>&1 </dev/null &
+            -cp "$LIBS/*" kafka.Kafka "$PROPS" >"$LOGFILE" 2>&1 </dev/null 9>&- &
         echo $! >"$PIDFILE"
     fi
     local t0=$SECONDS

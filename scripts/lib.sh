@@ -1,11 +1,12 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # ROOT, VENV are used by the scripts that source this file
 # scripts/lib.sh — helpers shared by the scripts in scripts/ (sourced, not run).
 # Defines ROOT (repo root), CACHE (${USERSTATUS_CACHE:-$HOME/.cache/userstatus}), VENV, and log helpers.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${USERSTATUS_CACHE:-$HOME/.cache/userstatus}"
 VENV="$CACHE/venv"
-export USERSTATUS_CACHE="$CACHE"
+export USERSTATUS_CACHE="$CACHE"  # so child scripts agree on the cache (programs get it removed)
 
 _us_tag="$(basename "$0" .sh)"
 info() { printf '[%s] %s\n' "$_us_tag" "$*"; }

@@ -31,7 +31,7 @@ cmd_start() {
         info "starting Redis on 127.0.0.1:$REDIS_PORT (data $DIR)"
         redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes \
             --pidfile "$PIDFILE" --logfile "$LOGFILE" --dir "$DIR" \
-            --appendonly yes --save '' --protected-mode yes \
+            --appendonly yes --save "" --protected-mode yes 9>&- \
             || die "redis-server failed to start (see $LOGFILE)"
     fi
     local i
