@@ -63,6 +63,11 @@ static const key_desc keys[] = {
      "", 0, 0},
     {"user_status.redis_cluster_address", KEY_ADDR, F(user_status.redis_cluster_address), NULL, 0,
      0},
+    {"user_status.redis_user", KEY_STR, F(user_status.redis_user), "", 0, 0},
+    {"user_status.redis_password", KEY_STR, F(user_status.redis_password), "", 0, 0},
+    {"user_status.redis_sentinel_user", KEY_STR, F(user_status.redis_sentinel_user), "", 0, 0},
+    {"user_status.redis_sentinel_password", KEY_STR, F(user_status.redis_sentinel_password), "", 0,
+     0},
     {"kafka.brokers", KEY_STR, F(kafka.brokers), "127.0.0.1:9092", 0, 0},
     {"kafka.topic", KEY_STR, F(kafka.topic), "user_status", 0, 0},
     {"kafka.dlq_topic", KEY_STR, F(kafka.dlq_topic), "user_status_dlq", 0, 0},
@@ -82,11 +87,16 @@ static const key_desc keys[] = {
     {"query.max_connections", KEY_INT, F(query.max_connections), "4096", 1, 1000000},
     {"query.connection_timeout", KEY_DUR, F(query.connection_timeout_ms), "30s", 1000,
      3600 * 1000},
+    {"proxy.enabled", KEY_BOOL, F(proxy.enabled), "true", 0, 0},
+    {"proxy.rpc_method_prefix", KEY_STR, F(proxy.rpc_method_prefix), "", 0, 0},
+    {"proxy.online_interval", KEY_DUR, F(proxy.online_interval_ms), "25s", 1000, DAY_MS},
+    {"proxy.active_debounce", KEY_DUR, F(proxy.active_debounce_ms), "1s", 0, 3600 * 1000},
+    {"proxy.ack_timeout", KEY_DUR, F(proxy.ack_timeout_ms), "500ms", 10, 60 * 1000},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
 /* Sections: objects whose members are keys "<section>.<member>". */
-static const char *sections[] = {"user_status", "kafka", "worker", "query"};
+static const char *sections[] = {"user_status", "kafka", "worker", "query", "proxy"};
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -425,6 +435,17 @@ int us_config_load(us_config *cfg, const char *path, char **envp,
         return fail(err, errlen,
                     "config keys 'kafka.brokers', 'kafka.topic', 'kafka.dlq_topic' and "
                     "'kafka.consumer_group' must not be empty");
+    int topologies = (cfg->user_status.redis_sentinel_address.count > 0) +
+                     (cfg->user_status.redis_cluster_address.count > 0);
+    if (topologies > 1)
+        return fail(err, errlen,
+                    "config keys 'user_status.redis_sentinel_address' and "
+                    "'user_status.redis_cluster_address': set at most one of them");
+    if (cfg->user_status.redis_sentinel_address.count > 0 &&
+        cfg->user_status.redis_sentinel_master_name[0] == '\0')
+        return fail(err, errlen,
+                    "config key 'user_status.redis_sentinel_master_name': required with "
+                    "'user_status.redis_sentinel_address'");
     if (strcmp(cfg->kafka.topic, cfg->kafka.dlq_topic) == 0)
         return fail(err, errlen, "config key 'kafka.dlq_topic': must differ from 'kafka.topic'");
     return 0;

@@ -33,6 +33,10 @@ typedef struct us_config {
         us_strlist redis_sentinel_address;
         char *redis_sentinel_master_name;
         us_strlist redis_cluster_address;
+        char *redis_user;              /* Credentials for addresses that carry none. */
+        char *redis_password;
+        char *redis_sentinel_user;     /* Credentials for the sentinels themselves. */
+        char *redis_sentinel_password;
     } user_status;
 
     struct {
@@ -61,6 +65,15 @@ typedef struct us_config {
         int max_connections;
         int64_t connection_timeout_ms;
     } query;
+
+    /* Centrifugo OSS proxy endpoints of userstatus-query (/centrifugo/rpc, /centrifugo/refresh). */
+    struct {
+        bool enabled;
+        char *rpc_method_prefix;    /* Prepended to "update_user_status" (an RPC namespace). */
+        int64_t online_interval_ms; /* Refresh replies: expire_at = now + this. */
+        int64_t active_debounce_ms; /* At most one RPC "active" event per user per this; 0: off. */
+        int64_t ack_timeout_ms;     /* Longest wait for the broker before answering anyway. */
+    } proxy;
 } us_config;
 
 /* One override from the command line: a key path ("user_status.redis_address") and its text. */
