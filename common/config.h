@@ -37,6 +37,8 @@ typedef struct us_config {
         char *redis_password;
         char *redis_sentinel_user;     /* Credentials for the sentinels themselves. */
         char *redis_sentinel_password;
+        int redis_wait_replicas;       /* Writes count as done once this many replicas have them. */
+        int64_t redis_wait_timeout_ms;
     } user_status;
 
     struct {

@@ -19,6 +19,7 @@
 #include "redis_store.h"
 
 #include "log.h"
+#include "metrics.h"
 #include "redis_cluster.h"
 
 #include <errno.h>
@@ -42,6 +43,7 @@ typedef struct node {
     us_redis_addr addr;
     redisContext *c;
     size_t pending; /* Replies expected for the commands appended since the last flush. */
+    int used;       /* Received commands during the current operation. */
 } node;
 
 typedef enum topology { TOPO_SHARDS, TOPO_SENTINEL, TOPO_CLUSTER } topology;
@@ -62,6 +64,8 @@ struct us_redis {
     int64_t expire_ms;
     struct timeval connect_tv, io_tv;
     char user[128], password[256]; /* For nodes whose address carries no credentials. */
+    int wait_replicas;             /* WAIT for this many replicas after writes (0: don't). */
+    int64_t wait_timeout_ms;
 
     us_redis_addr *seeds; /* Sentinels, or cluster seed nodes. */
     size_t nseeds;
@@ -164,6 +168,27 @@ static struct timeval ms_to_tv(int64_t ms)
 {
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
     return tv;
+}
+
+static us_metric *m_moved, *m_ask, *m_tryagain, *m_refreshes, *m_resolves;
+
+void us_redis_metrics_register(void)
+{
+    m_moved = us_metric_counter("userstatus_redis_redirects_total{kind=\"moved\"}",
+                                "Redis Cluster redirects followed, by kind.");
+    m_ask = us_metric_counter("userstatus_redis_redirects_total{kind=\"ask\"}",
+                              "Redis Cluster redirects followed, by kind.");
+    m_tryagain = us_metric_counter("userstatus_redis_retries_total",
+                                   "Commands retried after TRYAGAIN, CLUSTERDOWN or LOADING.");
+    m_refreshes = us_metric_counter("userstatus_redis_slot_map_refreshes_total",
+                                    "Redis Cluster slot maps read.");
+    m_resolves = us_metric_counter("userstatus_redis_sentinel_lookups_total",
+                                   "Masters looked up through the sentinels.");
+}
+
+static void count(us_metric *m)
+{
+    if (m) us_metric_add(m, 1);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -294,6 +319,7 @@ static int sentinel_resolve(us_redis *r, char *err, size_t errlen)
             freeReplyObject(reply);
             redisFree(c);
             r->resolve_needed = 0;
+            count(m_resolves);
             return 0;
         }
         if (reply) {
@@ -353,6 +379,7 @@ static int cluster_refresh(us_redis *r, char *err, size_t errlen)
         redisFree(c);
         if (n > 0) {
             r->refresh_needed = 0;
+            count(m_refreshes);
             return 0;
         }
         snprintf(last, sizeof(last), "redis %s:%d: unexpected slot map reply", a.host, a.port);
@@ -389,6 +416,8 @@ us_redis *us_redis_new(const us_config *cfg, char *err, size_t errlen)
     r->io_tv = ms_to_tv(us->redis_io_timeout_ms);
     snprintf(r->user, sizeof(r->user), "%s", us->redis_user);
     snprintf(r->password, sizeof(r->password), "%s", us->redis_password);
+    r->wait_replicas = us->redis_wait_replicas;
+    r->wait_timeout_ms = us->redis_wait_timeout_ms;
 
     if (us->redis_cluster_address.count > 0) {
         r->topo = TOPO_CLUSTER;
@@ -549,6 +578,7 @@ static int run_op(us_redis *r, const store_op *op, char *err, size_t errlen)
     if (prepare(r, err, errlen) != 0) return -1;
     scratch_reserve(r, op->n);
     size_t ntodo = op->n;
+    for (size_t k = 0; k < r->nnodes; k++) r->nodes[k].used = 0;
     for (size_t i = 0; i < op->n; i++) {
         r->todo[i] = i;
         r->plans[i].ask_node = NO_NODE;
@@ -595,6 +625,7 @@ static int run_op(us_redis *r, const store_op *op, char *err, size_t errlen)
             p->nreplies = s.count;
             p->ask_node = NO_NODE;
             n->pending += s.count;
+            n->used = 1;
         }
 
         /* Flush every node. */
@@ -652,14 +683,17 @@ static int run_op(us_redis *r, const store_op *op, char *err, size_t errlen)
                     if (rd.kind == US_REDIRECT_MOVED) {
                         if (r->slot_node) r->slot_node[rd.slot] = target;
                         r->refresh_needed = 1;
+                        count(m_moved);
                     } else {
                         p->ask_node = target;
+                        count(m_ask);
                     }
                     again = 1;
                     break;
                 }
                 if (starts(e, "TRYAGAIN") || starts(e, "CLUSTERDOWN") || starts(e, "LOADING")) {
                     again = backoff = 1;
+                    count(m_tryagain);
                     break;
                 }
                 if (starts(e, "READONLY") && r->topo == TOPO_SENTINEL) r->resolve_needed = 1;
@@ -762,10 +796,42 @@ static void append_update(us_redis *r, sink *s, size_t i, const char *key, size_
     }
 }
 
+/* Waits until wait_replicas replicas of every written node have the writes (Redis WAIT), so that
+ * a failover to a replica cannot lose writes whose offsets the worker is about to store. */
+static int wait_for_replicas(us_redis *r, char *err, size_t errlen)
+{
+    char want[16], timeout[24];
+    snprintf(want, sizeof(want), "%d", r->wait_replicas);
+    snprintf(timeout, sizeof(timeout), "%lld", (long long)r->wait_timeout_ms);
+    for (size_t i = 0; i < r->nnodes; i++) {
+        node *n = &r->nodes[i];
+        if (!n->used || !n->c) continue;
+        const char *argv[3] = {"WAIT", want, timeout};
+        redisReply *reply = setup_command(n->c, &n->addr, 3, argv, err, errlen);
+        if (!reply) {
+            node_close(n);
+            if (r->topo == TOPO_SENTINEL) r->resolve_needed = 1;
+            return -1;
+        }
+        long long acked = reply->type == REDIS_REPLY_INTEGER ? reply->integer : -1;
+        freeReplyObject(reply);
+        if (acked < r->wait_replicas) {
+            snprintf(err, errlen,
+                     "redis %s:%d: only %lld of %d replicas acknowledged the writes within %lld ms "
+                     "(user_status.redis_wait_replicas)",
+                     n->addr.host, n->addr.port, acked, r->wait_replicas,
+                     (long long)r->wait_timeout_ms);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int us_redis_apply(us_redis *r, const us_user_update *updates, size_t n, char *err, size_t errlen)
 {
     store_op op = {n, update_user, append_update, NULL, (void *)updates};
-    return run_op(r, &op, err, errlen);
+    if (run_op(r, &op, err, errlen) != 0) return -1;
+    return r->wait_replicas > 0 && n > 0 ? wait_for_replicas(r, err, errlen) : 0;
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -66,6 +66,10 @@ typedef struct us_user_ref {
 int us_redis_get(us_redis *r, const us_user_ref *users, size_t n, us_status *out, char *err,
                  size_t errlen);
 
+/* Registers the store's metrics (redirects followed, slot map refreshes, sentinel look-ups).
+ * Call once at start-up, before any us_redis is used. */
+void us_redis_metrics_register(void);
+
 /* PING every shard (opening connections as needed). Returns 0, or -1 with err set. */
 int us_redis_ping(us_redis *r, char *err, size_t errlen);
 

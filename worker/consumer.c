@@ -459,6 +459,7 @@ int us_worker_run(const us_config *cfg, int metrics_port, volatile sig_atomic_t 
     w.stop = stop;
     atomic_store(&w.redis_healthy, 1);
     register_metrics(&w);
+    us_redis_metrics_register();
     us_event_decoder_init(&w.decoder);
     int rc = -1;
     char err[512];
