@@ -42,15 +42,21 @@ static void delivered(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     us_ack_group *g = m->_private;
     us_ack_waiter *w = g->waiter;
+    void (*wake)(void *) = NULL;
+    void *arg = NULL;
     pthread_mutex_lock(&w->mu);
     if (m->err) {
         if (g->failed++ == 0) g->err = m->err;
     }
     if (--w->pending == 0 && w->armed) {
         w->armed = 0;
-        w->wake(w->arg);
+        wake = w->wake;
+        arg = w->arg;
     }
     pthread_mutex_unlock(&w->mu);
+    /* Outside the lock, and without touching w again: once woken, the request may be answered
+     * and freed (waiter included) by an HTTP thread at any moment. */
+    if (wake) wake(arg);
 }
 
 static void *poll_thread(void *arg)

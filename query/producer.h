@@ -16,7 +16,8 @@ typedef struct us_ack_waiter {
     pthread_mutex_t mu;
     size_t pending;           /* Messages queued and not yet acknowledged or failed. */
     int armed;                /* Call wake when pending reaches 0. */
-    void (*wake)(void *arg);  /* Called from the producer's thread, with mu held. */
+    void (*wake)(void *arg);  /* Called from the producer's thread after mu is released; the
+                               * waiter may be freed as soon as it runs. */
     void *arg;
 } us_ack_waiter;
 
