@@ -104,6 +104,8 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--events", type=int, default=500000)
+    ap.add_argument("--redis", choices=["single", "shards", "cluster", "sentinel"], default="single",
+                    help="Redis topology under test (peers are measured in single mode only)")
     args = ap.parse_args()
     brokers = os.environ.get("USERSTATUS_TEST_KAFKA", "127.0.0.1:19092")
     work = tempfile.mkdtemp(prefix="us-bench-")
@@ -115,11 +117,20 @@ def main():
         procs.append(p)
         return p
 
+    topo = None
     try:
         rport = free_port()
         start(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
                "--appendonly", "no", "--dir", work], "redis.log")
         wait_port(rport)
+        redis_cfg = {"redis_address": f"127.0.0.1:{rport}"}
+        if args.redis != "single":
+            sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+            import topology
+            topo = {"shards": topology.Shards, "cluster": topology.Cluster,
+                    "sentinel": topology.Sentinel}[args.redis]()
+            redis_cfg = topo.config()
+        results["redis_topology"] = args.redis
 
         # --- peers -----------------------------------------------------------------------
         subprocess.run(["redis-cli", "-p", str(rport), "HSET", "userstatus:42", "a", "1", "o", "2"],
@@ -146,7 +157,7 @@ def main():
         ns = "bench_" + uuid.uuid4().hex[:8]
         qport, mport = free_port(), free_port()
         cfg = {"api_key": "secret", "address": "127.0.0.1", "port": qport, "log_level": "warn",
-               "user_status": {"redis_address": f"127.0.0.1:{rport}"},
+               "user_status": redis_cfg,
                "kafka": {"brokers": brokers, "topic": ns, "dlq_topic": ns + "_dlq",
                          "consumer_group": ns, "partitions": 16},
                "worker": {"metrics_port": mport}}
@@ -174,7 +185,11 @@ def main():
 
         # --- worker: pre-produce unique-user events, then time their consumption -------------
         from confluent_kafka import Producer
+        from confluent_kafka.admin import AdminClient, NewTopic
         import msgpack
+        admin = AdminClient({"bootstrap.servers": brokers})
+        for f in admin.create_topics([NewTopic(ns + "_w", 16, 1)]).values():
+            f.result(30)
         prod = Producer({"bootstrap.servers": brokers, "partitioner": "murmur2_random",
                          "linger.ms": 20, "batch.num.messages": 10000,
                          "queue.buffering.max.messages": 1000000})
@@ -183,7 +198,7 @@ def main():
             user = f"w{i}"
             while True:
                 try:
-                    prod.produce(ns, key=user, value=msgpack.packb(
+                    prod.produce(ns + "_w", key=user, value=msgpack.packb(
                         {"type": "online", "user": user, "time": now_ms}, use_bin_type=True))
                     break
                 except BufferError:
@@ -192,8 +207,12 @@ def main():
                 prod.poll(0)
         prod.flush(60)
 
+        wcfg = json.loads(json.dumps(cfg))
+        wcfg["kafka"]["topic"] = ns + "_w"  # Not mixed with the events of the update run above.
+        wcfg_path = os.path.join(work, "worker-config.json")
+        json.dump(wcfg, open(wcfg_path, "w"))
         worker = start([os.path.join(args.build, "worker", "userstatus-worker"), "--config",
-                        cfg_path], "worker.log")
+                        wcfg_path], "worker.log")
         wait_http(f"http://127.0.0.1:{mport}/health")
         applied_name = 'userstatus_worker_events_total{result="applied"}'
         start_t = None
@@ -208,14 +227,17 @@ def main():
         elapsed = time.time() - start_t
         results["worker_events_per_s"] = (args.events - start_n) / elapsed
         results["worker_peak_rss_mb"] = rss_mb(worker.pid)
-        info = subprocess.run(["redis-cli", "-p", str(rport), "INFO", "memory"],
-                              capture_output=True, text=True).stdout
-        used = int(re.search(r"used_memory:(\d+)", info).group(1))
-        keys = int(subprocess.run(["redis-cli", "-p", str(rport), "DBSIZE"], capture_output=True,
-                                  text=True).stdout)
-        results["redis_keys"] = keys
-        results["redis_bytes_per_user"] = used / max(keys, 1)
+        if topo is None:
+            info = subprocess.run(["redis-cli", "-p", str(rport), "INFO", "memory"],
+                                  capture_output=True, text=True).stdout
+            used = int(re.search(r"used_memory:(\d+)", info).group(1))
+            keys = int(subprocess.run(["redis-cli", "-p", str(rport), "DBSIZE"],
+                                      capture_output=True, text=True).stdout)
+            results["redis_keys"] = keys
+            results["redis_bytes_per_user"] = used / max(keys, 1)
     finally:
+        if topo is not None:
+            topo.stop()
         for p in procs:
             p.send_signal(signal.SIGTERM)
         for p in procs:
@@ -226,6 +248,8 @@ def main():
 
     r = results
     print(json.dumps(r, indent=2))
+    if topo is not None:
+        return
     print("\nratios (target in brackets):")
     if "webdis_get_req_per_s" in r:
         print(f"  get 1 user   req/s vs webdis           {r['query_get1_req_per_s'] / r['webdis_get_req_per_s']:.2f}x  [>= 1.2]")
