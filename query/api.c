@@ -13,8 +13,10 @@
 #include "api.h"
 
 #include "admin_http.h"
+#include "http_internal.h"
 #include "log.h"
 #include "metrics.h"
+#include "proxy.h"
 #include "redis_store.h"
 
 #include <microhttpd.h>
@@ -56,11 +58,13 @@ typedef struct request {
     command *cmds;
     size_t ncmds;
     us_ack_waiter waiter;
+    void *proxy_state; /* Owned by proxy.c for /centrifugo/ requests. */
 } request;
 
 struct us_api {
     const us_config *cfg;
     us_producer *producer;
+    us_proxy *proxy;
     struct MHD_Daemon *daemon;
     pthread_mutex_t mu; /* Guards redis_all. */
     us_redis **redis_all;
@@ -402,28 +406,6 @@ static int command_reply(us_api *api, command *c, sbuf *out)
  * HTTP plumbing.
  * ------------------------------------------------------------------------------------------ */
 
-static enum MHD_Result send_buffer(struct MHD_Connection *conn, unsigned status, char *body,
-                                   size_t len, const char *content_type, const char *detail)
-{
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, body, body ? MHD_RESPMEM_MUST_FREE
-                                                        : MHD_RESPMEM_PERSISTENT);
-    if (content_type) MHD_add_response_header(resp, "Content-Type", content_type);
-    if (detail && detail[0]) MHD_add_response_header(resp, "X-Userstatus-Error", detail);
-    enum MHD_Result rc = MHD_queue_response(conn, status, resp);
-    MHD_destroy_response(resp);
-    return rc;
-}
-
-static enum MHD_Result send_text(struct MHD_Connection *conn, unsigned status, const char *text)
-{
-    size_t len = strlen(text);
-    char *copy = malloc(len + 1);
-    if (!copy) abort();
-    memcpy(copy, text, len + 1);
-    return send_buffer(conn, status, copy, len, "text/plain; charset=utf-8", NULL);
-}
-
 static int transport_mode(struct MHD_Connection *conn)
 {
     const char *mode = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Centrifugo-Error-Mode");
@@ -501,19 +483,6 @@ static void wake_request(void *arg)
 {
     request *req = arg;
     MHD_resume_connection(req->conn);
-}
-
-/* Returns 1 when the request carries the API key in one of the accepted places. */
-static int authorized(us_api *api, struct MHD_Connection *conn)
-{
-    if (api->cfg->api_insecure) return 1;
-    const char *key = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-API-Key");
-    if (!key) {
-        const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
-        if (auth && strncasecmp(auth, "apikey ", 7) == 0) key = auth + 7;
-    }
-    if (!key) key = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "api_key");
-    return key && us_api_key_equal(key, strlen(key), api->cfg->api_key);
 }
 
 /* Runs an /api/ request whose body is complete. */
@@ -603,15 +572,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     }
 
     if (strncmp(url, API_PREFIX, strlen(API_PREFIX)) == 0) {
-        if (strcmp(method, "POST") != 0) {
-            struct MHD_Response *resp =
-                MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
-            MHD_add_response_header(resp, "Allow", "POST");
-            enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
-            MHD_destroy_response(resp);
-            return rc;
-        }
-        if (!authorized(api, conn)) {
+        if (strcmp(method, "POST") != 0) return send_post_only(conn);
+        if (!api_key_authorized(api->cfg, conn)) {
             us_metric_add(api->m_unauthorized, 1);
             return send_buffer(conn, MHD_HTTP_UNAUTHORIZED, NULL, 0, NULL, NULL);
         }
@@ -624,6 +586,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         }
         return start_api(req, url + strlen(API_PREFIX));
     }
+    if (strncmp(url, US_PROXY_PREFIX, strlen(US_PROXY_PREFIX)) == 0)
+        return us_proxy_handle(api->proxy, conn, url, method, req->body, req->len, req->too_large,
+                               &req->proxy_state);
     if (strcmp(method, "GET") == 0 && strcmp(url, "/metrics") == 0) {
         struct MHD_Response *resp = us_admin_metrics_response();
         enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, resp);
@@ -647,6 +612,7 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
     request *req = *con_cls;
     if (!req) return;
+    us_proxy_request_done(req->api->proxy, &req->proxy_state);
     for (size_t i = 0; i < req->ncmds; i++) free(req->cmds[i].users);
     free(req->cmds);
     if (req->doc) json_decref(req->doc);
@@ -700,6 +666,11 @@ us_api *us_api_start(const us_config *cfg, us_producer *producer, char *err, siz
     if (!api) abort();
     api->cfg = cfg;
     api->producer = producer;
+    api->proxy = us_proxy_new(cfg, producer, err, errlen);
+    if (!api->proxy) {
+        free(api);
+        return NULL;
+    }
     pthread_mutex_init(&api->mu, NULL);
     pthread_key_create(&api->redis_key, NULL);
     register_metrics(api);
@@ -728,7 +699,9 @@ us_api *us_api_start(const us_config *cfg, us_producer *producer, char *err, siz
 void us_api_stop(us_api *api)
 {
     if (!api) return;
+    us_proxy_quiesce(api->proxy); /* The daemon must not stop with suspended connections. */
     if (api->daemon) MHD_stop_daemon(api->daemon);
+    us_proxy_free(api->proxy);
     for (size_t i = 0; i < api->nredis; i++) us_redis_free(api->redis_all[i]);
     free(api->redis_all);
     pthread_key_delete(api->redis_key);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/deps.sh — installs everything a fresh Debian 12 machine needs to build, run and test userstatus:
 # the distribution's packages (apt-get, only when one is missing), a Python venv for the end-to-end tests
-# at $CACHE/venv (pip only when tests/e2e/requirements.txt changed), and the Kafka broker jars.
+# at $CACHE/venv (pip only when tests/e2e/requirements.txt changed), the Kafka broker jars, and (optional)
+# Centrifugo OSS v5/v6 with the centrifuge JS client for the real-Centrifugo end-to-end test.
 # Idempotent: a second run does nothing. Env: USERSTATUS_CACHE (default ~/.cache/userstatus).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -64,4 +65,68 @@ fi
 
 # --- Kafka broker jars ---------------------------------------------------------------------------------
 "$ROOT/scripts/kafka.sh" fetch
+
+# --- Centrifugo OSS and the centrifuge JS client (tests/e2e/test_centrifugo_real.py) -------------------
+# Centrifugo is a Go module: each pinned version is downloaded through the Go module proxy and built
+# once into $CACHE/go-bin/<major>/centrifugo (2-3 minutes on 2 cores); the npm packages of
+# tests/e2e/centrifugo/package-lock.json go to $CACHE/centrifugo-js. Optional: without Go or npm, or
+# when a registry refuses, this warns and the real-Centrifugo tests skip (saying why); the protocol
+# tests (tests/e2e/test_proxy.py) always run. USERSTATUS_SKIP_CENTRIFUGO=1 skips this step.
+CENTRIFUGO_VERSIONS=(v5.4.9 v6.9.1)
+cache_go() { GOPATH="$CACHE/go" GOMODCACHE="$CACHE/go/pkg/mod" GOFLAGS=-mod=mod go "$@"; }
+install_centrifugo() {
+    local version="$1" major="${1%%.*}" bin="$CACHE/go-bin/${1%%.*}/centrifugo" dir
+    local stamp="$bin.version"
+    if [[ -x "$bin" && -f "$stamp" && "$(cat "$stamp")" == "$version" ]]; then
+        info "Centrifugo $version present ($bin)"
+        return 0
+    fi
+    info "building Centrifugo $version from the Go module proxy (once; a few minutes)"
+    # go install module@version also asks the proxy for the module's version list, which is not
+    # always served for old majors; downloading the module and building it in place needs neither.
+    dir="$(cache_go mod download -json "github.com/centrifugal/centrifugo/$major@$version" \
+           | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')" || dir=""
+    if [[ -z "$dir" || ! -d "$dir" ]]; then
+        warn "cannot download Centrifugo $version from the Go module proxy; its real-Centrifugo test will skip"
+        return 0
+    fi
+    mkdir -p "$(dirname "$bin")"
+    if (cd "$dir" && cache_go build -trimpath \
+            -ldflags "-X github.com/centrifugal/centrifugo/$major/internal/build.Version=${version#v}" \
+            -o "$bin.tmp" .); then
+        mv "$bin.tmp" "$bin"
+        echo "$version" >"$stamp"
+        info "Centrifugo $version built ($bin)"
+    else
+        rm -f "$bin.tmp"
+        warn "building Centrifugo $version failed; its real-Centrifugo test will skip"
+    fi
+}
+if [[ "${USERSTATUS_SKIP_CENTRIFUGO:-0}" == 1 ]]; then
+    info "USERSTATUS_SKIP_CENTRIFUGO=1: not installing Centrifugo and the centrifuge JS client"
+else
+    if command -v go >/dev/null; then
+        for v in "${CENTRIFUGO_VERSIONS[@]}"; do install_centrifugo "$v"; done
+    else
+        warn "go not found: Centrifugo cannot be built; the real-Centrifugo tests will skip"
+    fi
+    JS_SRC="$ROOT/tests/e2e/centrifugo" JS_DIR="$CACHE/centrifugo-js"
+    if command -v npm >/dev/null && command -v node >/dev/null; then
+        want="$(cat "$JS_SRC/package.json" "$JS_SRC/package-lock.json" | sha256sum | cut -d' ' -f1)"
+        if [[ -d "$JS_DIR/node_modules" && -f "$JS_DIR/.lock.sha256" && "$(cat "$JS_DIR/.lock.sha256")" == "$want" ]]; then
+            info "centrifuge JS client present ($JS_DIR)"
+        else
+            info "installing the centrifuge JS client and ws from npm into $JS_DIR"
+            mkdir -p "$JS_DIR"
+            cp "$JS_SRC/package.json" "$JS_SRC/package-lock.json" "$JS_DIR/"
+            if (cd "$JS_DIR" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error); then
+                echo "$want" >"$JS_DIR/.lock.sha256"
+            else
+                warn "npm ci failed; the real-Centrifugo tests will skip"
+            fi
+        fi
+    else
+        warn "node/npm not found: the real-Centrifugo tests will skip"
+    fi
+fi
 info "done: dependencies ready (cache: $CACHE)"

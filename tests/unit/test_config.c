@@ -195,6 +195,59 @@ static void test_bad_environment_value_names_the_key(void **state)
     us_config_free(&cfg);
 }
 
+static void test_proxy_defaults(void **state)
+{
+    us_config cfg;
+    char err[256];
+    assert_int_equal(us_config_load(&cfg, NULL, NULL, NULL, 0, err, sizeof(err)), 0);
+    assert_true(cfg.proxy.enabled);
+    assert_string_equal(cfg.proxy.rpc_method_prefix, "");
+    assert_int_equal(cfg.proxy.online_interval_ms, 25000);
+    assert_int_equal(cfg.proxy.active_debounce_ms, 1000);
+    assert_int_equal(cfg.proxy.ack_timeout_ms, 500);
+    us_config_free(&cfg);
+}
+
+static void test_proxy_section_from_file_and_environment(void **state)
+{
+    us_config cfg;
+    char err[256];
+    char *envp[] = {"USERSTATUS_PROXY_ACTIVE_DEBOUNCE=0s", NULL};
+    const char *json = "{\"proxy\": {\"enabled\": false, \"rpc_method_prefix\": \"status:\","
+                       " \"online_interval\": \"1m\", \"ack_timeout\": \"250ms\"}}";
+    assert_int_equal(load_text(&cfg, json, envp, err, sizeof(err)), 0);
+    assert_false(cfg.proxy.enabled);
+    assert_string_equal(cfg.proxy.rpc_method_prefix, "status:");
+    assert_int_equal(cfg.proxy.online_interval_ms, 60000);
+    assert_int_equal(cfg.proxy.active_debounce_ms, 0);
+    assert_int_equal(cfg.proxy.ack_timeout_ms, 250);
+    us_config_free(&cfg);
+}
+
+static void test_bad_proxy_values_name_the_key(void **state)
+{
+    struct {
+        const char *json;
+        const char *needle;
+    } cases[] = {
+        {"{\"proxy\": {\"online_interval\": \"500ms\"}}", "'proxy.online_interval'"},
+        {"{\"proxy\": {\"online_interval\": 25}}", "'proxy.online_interval'"},
+        {"{\"proxy\": {\"active_debounce\": \"-1s\"}}", "'proxy.active_debounce'"},
+        {"{\"proxy\": {\"ack_timeout\": \"2m\"}}", "'proxy.ack_timeout'"},
+        {"{\"proxy\": {\"enabled\": \"yes\"}}", "'proxy.enabled'"},
+        {"{\"proxy\": {\"rpc_namespace\": \"x\"}}", "'proxy.rpc_namespace'"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        us_config cfg;
+        char err[256] = "";
+        if (load_text(&cfg, cases[i].json, NULL, err, sizeof(err)) != -1)
+            fail_msg("accepted %s", cases[i].json);
+        if (!strstr(err, cases[i].needle))
+            fail_msg("%s: error '%s' does not mention %s", cases[i].json, err, cases[i].needle);
+        us_config_free(&cfg);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -206,6 +259,9 @@ int main(void)
         cmocka_unit_test(test_bad_configs_name_the_key),
         cmocka_unit_test(test_environment_overrides_file_and_flags_override_environment),
         cmocka_unit_test(test_bad_environment_value_names_the_key),
+        cmocka_unit_test(test_proxy_defaults),
+        cmocka_unit_test(test_proxy_section_from_file_and_environment),
+        cmocka_unit_test(test_bad_proxy_values_name_the_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
