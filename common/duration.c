@@ -67,7 +67,11 @@ int us_duration_parse(const char *text, int64_t *ms)
 
         if (whole > INT64_MAX / unit_ns) return -1;
         int64_t part = whole * unit_ns;
-        part += (int64_t)((double)frac * ((double)unit_ns / (double)scale));
+        /* frac / scale < 1, so the fraction adds less than one unit; it may still overflow a
+         * whole part just under the limit ("2562047.9999h", found by tests/fuzz/fuzz_config). */
+        int64_t frac_ns = (int64_t)((double)frac * ((double)unit_ns / (double)scale));
+        if (part > INT64_MAX - frac_ns) return -1;
+        part += frac_ns;
         if (part < 0 || total_ns > INT64_MAX - part) return -1;
         total_ns += part;
     }

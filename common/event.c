@@ -66,12 +66,93 @@ static us_event_error reject(us_event_error err, char *detail, size_t detail_len
     return err;
 }
 
+/* Reads a big-endian unsigned integer of n (1, 2 or 4) bytes. */
+static size_t be_uint(const unsigned char *p, int n)
+{
+    size_t v = 0;
+    for (int i = 0; i < n; i++) v = v << 8 | p[i];
+    return v;
+}
+
+/* Structural pre-scan of a msgpack value, before msgpack-c sees it.
+ *
+ * msgpack_unpack() allocates the element array of an array or map as soon as it reads the header,
+ * trusting the declared count: a 5-byte value "map32 with 2^32-1 entries" asks for 64 GiB, and a few
+ * hundred bytes of nested array16 headers for hundreds of MB (found by tests/fuzz/fuzz_event). Every
+ * element takes at least one byte, so a header that declares more pending elements than bytes remain
+ * belongs to a truncated value that msgpack_unpack() would reject anyway. This walk, without
+ * recursion or allocation, keeps the count of elements still expected and returns false as soon as
+ * it exceeds the bytes left (or on a truncated or never-used byte); only plausible values, whose
+ * element arrays add up to at most len elements, reach msgpack-c. Trailing bytes are left to it. */
+static bool msgpack_sizes_plausible(const unsigned char *p, size_t len)
+{
+    size_t pos = 0, pending = 1;
+    while (pending > 0) {
+        if (pos >= len) return false;
+        unsigned char b = p[pos++];
+        pending--;
+        size_t skip = 0, count = 0; /* payload bytes; elements added */
+        int lenbytes = 0;           /* size of a length field that follows the type byte */
+        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
+            /* fixint, nil, bool */
+        } else if (b <= 0x8f) {
+            count = 2 * (size_t)(b & 0x0f);
+        } else if (b <= 0x9f) {
+            count = b & 0x0f;
+        } else if (b <= 0xbf) {
+            skip = b & 0x1f;
+        } else {
+            switch (b) {
+            case 0xc4: case 0xd9: lenbytes = 1; break; /* bin8, str8 */
+            case 0xc5: case 0xda: lenbytes = 2; break; /* bin16, str16 */
+            case 0xc6: case 0xdb: lenbytes = 4; break; /* bin32, str32 */
+            case 0xc7: lenbytes = 1; skip = 1; break;  /* ext8: + type byte */
+            case 0xc8: lenbytes = 2; skip = 1; break;
+            case 0xc9: lenbytes = 4; skip = 1; break;
+            case 0xca: skip = 4; break;                /* float32 */
+            case 0xcb: skip = 8; break;                /* float64 */
+            case 0xcc: case 0xd0: skip = 1; break;     /* (u)int8 */
+            case 0xcd: case 0xd1: skip = 2; break;
+            case 0xce: case 0xd2: skip = 4; break;
+            case 0xcf: case 0xd3: skip = 8; break;
+            case 0xd4: skip = 2; break;                /* fixext1..16: type byte + data */
+            case 0xd5: skip = 3; break;
+            case 0xd6: skip = 5; break;
+            case 0xd7: skip = 9; break;
+            case 0xd8: skip = 17; break;
+            case 0xdc: case 0xdd: case 0xde: case 0xdf: /* array16/32, map16/32 */
+                lenbytes = (b & 1) ? 4 : 2;
+                if (len - pos < (size_t)lenbytes) return false;
+                count = be_uint(p + pos, lenbytes) * (b >= 0xde ? 2 : 1);
+                pos += (size_t)lenbytes;
+                lenbytes = 0;
+                break;
+            default:
+                return false; /* 0xc1: never used */
+            }
+        }
+        if (lenbytes) {
+            if (len - pos < (size_t)lenbytes) return false;
+            skip += be_uint(p + pos, lenbytes);
+            pos += (size_t)lenbytes;
+        }
+        if (len - pos < skip) return false;
+        pos += skip;
+        pending += count;
+        if (pending > len - pos) return false;
+    }
+    return true;
+}
+
 us_event_error us_event_decode(us_event_decoder *d, const void *buf, size_t len, const void *key,
                                size_t key_len, us_event *ev, char *detail, size_t detail_len)
 {
     msgpack_object root;
     size_t off = 0;
     msgpack_zone_clear(&d->zone);
+    if (!msgpack_sizes_plausible(buf, len))
+        return reject(US_EVENT_ERR_MALFORMED, detail, detail_len,
+                      "not a complete msgpack %s (truncated, or sizes beyond its length)", "value");
     msgpack_unpack_return rc = msgpack_unpack(buf, len, &off, &d->zone, &root);
     if (rc != MSGPACK_UNPACK_SUCCESS || off != len)
         return reject(US_EVENT_ERR_MALFORMED, detail, detail_len,

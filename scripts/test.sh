@@ -5,9 +5,11 @@
 #    already running there; services it starts itself begin from empty data and are stopped on exit
 # 3. builds build/ (RelWithDebInfo) and build-asan/ (same + ASan/UBSan), each with -Werror
 # 4. runs ctest --output-on-failure in both (unit + e2e), with USERSTATUS_TEST_KAFKA/REDIS exported
+# 5. builds build-fuzz/ (clang, libFuzzer) and fuzzes each target for a bounded time (tests/fuzz/run.sh)
 # Exit code non-zero if any build or test fails.
 # Env: USERSTATUS_CACHE, USERSTATUS_JOBS (build jobs, default 2), USERSTATUS_SKIP_ASAN=1 (quick run),
 #      USERSTATUS_KEEP_SERVICES=1 (leave Kafka/Redis running afterwards),
+#      USERSTATUS_FUZZ_SECONDS (libFuzzer seconds per target after the suites, default 45; 0 skips),
 #      TEST_KAFKA_PORT / TEST_KAFKA_CONTROLLER_PORT / TEST_REDIS_PORT (defaults 19092 / 19093 / 16379).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -107,6 +109,22 @@ for dir in "${ORDER[@]}"; do
         run_suite "$dir"
     fi
 done
+
+# Fuzzing: a bounded libFuzzer run of every target (tests/fuzz/run.sh), one more result.
+FUZZ_SECONDS="${USERSTATUS_FUZZ_SECONDS:-45}"
+if [[ "$FUZZ_SECONDS" != 0 ]]; then
+    ORDER+=(fuzz)
+    info "=== fuzz (${FUZZ_SECONDS}s per target) ==="
+    t0=$SECONDS
+    mkdir -p "$ROOT/build-fuzz"
+    if "$ROOT/tests/fuzz/run.sh" "$FUZZ_SECONDS" 2>&1 | tee "$ROOT/build-fuzz/run.log"; then
+        RESULT[fuzz]="ok: $(grep -E '^  total: ' "$ROOT/build-fuzz/run.log" | tail -n1 | sed 's/^  total: //') ($((SECONDS - t0)) s)"
+        TOTAL_PASSED=$((TOTAL_PASSED + 1))
+    else
+        RESULT[fuzz]="FAILED: $(grep -E '^  total: ' "$ROOT/build-fuzz/run.log" | tail -n1 | sed 's/^  total: //') (log build-fuzz/run.log)"
+        TOTAL_FAILED=$((TOTAL_FAILED + 1))
+    fi
+fi
 
 # Stop services now, so that the summary below is the last thing printed.
 stop_started

@@ -542,3 +542,200 @@ def stack(ns):
 def query(ns):
     """A query service alone (reads Redis, produces to Kafka, no worker)."""
     return ns.start_query()
+
+
+# --------------------------------------------------------------------------------------------------
+# fault injection (tests/e2e/test_faults.py): private Redis and Kafka instances that a test may stop,
+# kill, freeze and restart without touching the shared services, and a background event stream.
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port, append-only file on with `appendfsync always`
+    (an acknowledged write is on disk, so it survives even SIGKILL). start() again after stop()/kill()
+    reuses the same directory, so the data comes back."""
+
+    def __init__(self, tmp):
+        self.port = free_port()
+        self.addr = "127.0.0.1:%d" % self.port
+        self.dir = Path(tmp) / ("redis-%d" % self.port)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.p = None
+        self.starts = 0
+
+    def start(self, timeout=15):
+        self.starts += 1
+        log = open(self.dir / ("redis-%d.log" % self.starts), "wb")
+        self.p = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "yes"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_until(lambda: Redis(self.addr)("PING") == "PONG", timeout=timeout, what="private redis to start")
+        return self
+
+    def kill(self):
+        """SIGKILL: no shutdown work at all."""
+        if self.p and self.p.poll() is None:
+            self.p.kill()
+            self.p.wait(10)
+
+    def freeze(self):
+        self.p.send_signal(signal.SIGSTOP)
+
+    def thaw(self):
+        self.p.send_signal(signal.SIGCONT)
+
+    def close(self):
+        if self.p and self.p.poll() is None:
+            self.p.send_signal(signal.SIGCONT)
+            self.p.terminate()
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    r = PrivateRedis(tmp_path).start()
+    yield r
+    r.close()
+
+
+class PrivateKafka:
+    """A single-node KRaft broker of the test's own (scripts/kafka.sh on free ports, data in the
+    test's tmp dir); stop() and start() keep its data."""
+
+    def __init__(self, tmp):
+        self.port = free_port()
+        self.controller_port = free_port()
+        self.addr = "127.0.0.1:%d" % self.port
+        self.data = Path(tmp) / ("kafka-%d" % self.port)
+        self.env = dict(os.environ, KAFKA_PORT=str(self.port), KAFKA_CONTROLLER_PORT=str(self.controller_port),
+                        KAFKA_DATA=str(self.data), KAFKA_HEAP=os.environ.get("USERSTATUS_TEST_KAFKA_HEAP", "384m"))
+
+    def _run(self, cmd, timeout):
+        r = subprocess.run([str(REPO / "scripts" / "kafka.sh"), cmd], env=self.env, capture_output=True,
+                           text=True, timeout=timeout)
+        assert r.returncode == 0, "kafka.sh %s failed:\n%s\n%s" % (cmd, r.stdout[-3000:], r.stderr[-3000:])
+
+    def start(self):
+        self._run("start", 120)
+        return self
+
+    def stop(self):
+        self._run("stop", 60)
+
+    def admin(self):
+        return AdminClient({"bootstrap.servers": self.addr})
+
+
+@pytest.fixture
+def private_kafka(tmp_path):
+    k = PrivateKafka(tmp_path).start()
+    yield k
+    try:
+        k.stop()
+    except Exception:  # noqa: BLE001 - best effort clean-up
+        pass
+
+
+class EventStream:
+    """Produces `active` events from a background thread as fast as the producer takes them, until
+    stop() or `limit` events or `seconds`. Event i: user "x-<i>" (unique, so a lost event is always
+    visible) when i is even, else one of `hot` users "h-<j>" (many events each: the max must win).
+    expected() is the final status every user must reach: its maximum event time, in seconds."""
+
+    def __init__(self, topic, brokers=None, limit=100000, seconds=60.0, hot=500, rate=None):
+        import threading
+
+        self.topic = topic
+        self.p = Producer({"bootstrap.servers": brokers or KAFKA, "partitioner": "murmur2_random",
+                           "enable.idempotence": True, "linger.ms": 5, "message.timeout.ms": 120000})
+        self.limit, self.seconds, self.hot, self.rate = limit, seconds, hot, rate
+        self.best = {}
+        self.produced = 0
+        self.errors = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self.base = now_ms() - 3_600_000
+
+    def _cb(self, err, msg):
+        if err is not None:
+            self.errors.append(err)
+
+    def _run(self):
+        import random
+
+        rng = random.Random(4)
+        t_end = time.monotonic() + self.seconds
+        t0 = time.monotonic()
+        i = 0
+        while i < self.limit and not self._stop.is_set() and time.monotonic() < t_end:
+            user = "x-%d" % i if i % 2 == 0 else "h-%d" % (i % self.hot)
+            t = self.base + rng.randrange(0, 3_000_000)
+            v = msgpack.packb({"type": "active", "user": user, "time": t}, use_bin_type=True)
+            while True:
+                try:
+                    self.p.produce(self.topic, value=v, key=user, on_delivery=self._cb)
+                    break
+                except BufferError:
+                    self.p.poll(0.05)
+            b = self.best.get(user)
+            if b is None or t > b:
+                self.best[user] = t
+            i += 1
+            self.produced = i
+            if i % 1000 == 0:
+                self.p.poll(0)
+                if self.rate:
+                    ahead = i / self.rate - (time.monotonic() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)
+        self.p.flush(120)
+
+    def start(self):
+        self._t.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._t.join(180)
+        assert not self._t.is_alive(), "event stream did not finish"
+        assert not self.errors, "delivery errors: %r" % self.errors[:5]
+        assert len(self.p) == 0, "%d events not delivered" % len(self.p)
+        return self.produced
+
+    def expected(self):
+        return {u: t // 1000 for u, t in self.best.items()}
+
+
+def count_lost(base_url, expected, chunk=1000):
+    """Reads every user of expected ({user: active seconds}) through get_user_status; returns the
+    users whose status differs (missing, or a different time)."""
+    users = sorted(expected)
+    bad = []
+    for i in range(0, len(users), chunk):
+        part = users[i:i + chunk]
+        for s in statuses(base_url, part):
+            if s.get("active") != expected[s["user"]]:
+                bad.append((s["user"], s.get("active"), expected[s["user"]]))
+    return bad
+
+
+def wait_no_loss(base_url, expected, timeout=90):
+    """Waits until every user of expected has its final status; returns the seconds it took. On
+    timeout, fails with the number of users still wrong (the lost ones)."""
+    t0 = time.monotonic()
+    last = None
+    while time.monotonic() - t0 < timeout:
+        try:
+            last = count_lost(base_url, expected)
+        except Exception as e:  # noqa: BLE001 - the query may be recovering
+            last = [("<error>", repr(e), None)]
+        if not last:
+            return time.monotonic() - t0
+        time.sleep(0.5)
+    raise AssertionError("%d of %d users never reached their final status (lost), e.g. %r"
+                         % (len(last), len(expected), last[:5]))

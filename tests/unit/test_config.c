@@ -13,6 +13,19 @@
 #include <string.h>
 #include <unistd.h>
 
+/* A fraction that pushes a whole part just under INT64_MAX nanoseconds over it was signed overflow
+ * (undefined behaviour, found by tests/fuzz/fuzz_config); now it is refused like any overflow. */
+static void test_duration_fraction_overflow_is_refused(void **state)
+{
+    int64_t ms = -42;
+    assert_int_equal(us_duration_parse("2562047.9999h", &ms), -1);
+    assert_int_equal(ms, -42);
+    assert_int_equal(us_duration_parse("9223372036.854775807s", &ms), 0); /* INT64_MAX ns exactly */
+    assert_int_equal(ms, 9223372036854LL);
+    assert_int_equal(us_duration_parse("2562047h", &ms), 0);
+    assert_int_equal(ms, 2562047LL * 3600 * 1000);
+}
+
 static void test_go_durations(void **state)
 {
     struct {
@@ -252,6 +265,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_go_durations),
+        cmocka_unit_test(test_duration_fraction_overflow_is_refused),
         cmocka_unit_test(test_defaults_without_a_file),
         cmocka_unit_test(test_design_example_is_accepted_as_written),
         cmocka_unit_test(test_redis_from_engine),

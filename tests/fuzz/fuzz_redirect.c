@@ -1,0 +1,65 @@
+/* Fuzz target: Redis Cluster replies as the store reads them — MOVED/ASK redirect texts
+ * (us_redirect_parse), key slots (us_cluster_slot) and CLUSTER SHARDS / CLUSTER SLOTS replies
+ * (us_cluster_parse_shards, us_cluster_parse_slots) decoded from raw RESP by hiredis' reader.
+ *
+ * Properties checked: a parsed redirect has a slot < 16384, a port in 1..65535 and a NUL-terminated
+ * host; a slot map has ranges inside 0..16383 with first <= last, and never more than cap. */
+#include "redis_cluster.h"
+#include "fuzz_replay.h"
+
+#include <hiredis/hiredis.h>
+#include <hiredis/read.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FUZZ_RANGES 8
+
+static void check(int cond)
+{
+    if (!cond) abort();
+}
+
+static void check_ranges(const us_slot_range *r, int n)
+{
+    check(n <= FUZZ_RANGES);
+    for (int i = 0; i < n; i++) {
+        check(r[i].first <= r[i].last && r[i].last < US_CLUSTER_SLOTS);
+        check(memchr(r[i].host, '\0', sizeof(r[i].host)) != NULL);
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char *text = malloc(size ? size : 1);
+    if (!text) abort();
+    memcpy(text, data, size);
+
+    us_redirect rd;
+    if (us_redirect_parse(text, size, &rd) == 0) {
+        check(rd.kind == US_REDIRECT_MOVED || rd.kind == US_REDIRECT_ASK);
+        check(rd.slot < US_CLUSTER_SLOTS && rd.port >= 1 && rd.port <= 65535);
+        check(memchr(rd.host, '\0', sizeof(rd.host)) != NULL);
+    } else {
+        check(rd.kind == US_REDIRECT_NONE);
+    }
+    check(us_cluster_slot(text, size) < US_CLUSTER_SLOTS);
+
+    redisReader *reader = redisReaderCreate();
+    if (!reader) abort();
+    if (redisReaderFeed(reader, text, size) == REDIS_OK) {
+        void *reply = NULL;
+        for (int i = 0; i < 4 && redisReaderGetReply(reader, &reply) == REDIS_OK && reply; i++) {
+            us_slot_range ranges[FUZZ_RANGES];
+            int n = us_cluster_parse_shards(reply, ranges, FUZZ_RANGES);
+            if (n >= 0) check_ranges(ranges, n);
+            n = us_cluster_parse_slots(reply, ranges, FUZZ_RANGES);
+            if (n >= 0) check_ranges(ranges, n);
+            freeReplyObject(reply);
+            reply = NULL;
+        }
+    }
+    redisReaderFree(reader);
+    free(text);
+    return 0;
+}
