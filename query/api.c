@@ -674,6 +674,7 @@ us_api *us_api_start(const us_config *cfg, us_producer *producer, char *err, siz
     pthread_mutex_init(&api->mu, NULL);
     pthread_key_create(&api->redis_key, NULL);
     register_metrics(api);
+    us_redis_metrics_register();
 
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     unsigned threads = cfg->query.threads > 0 ? (unsigned)cfg->query.threads

@@ -42,7 +42,10 @@
 #define DLQ_FLUSH_SLICE_MS 500    /* rd_kafka_flush() slice while waiting for DLQ acks. */
 #define DLQ_MESSAGE_TIMEOUT_MS 30000
 #define TOPIC_CREATE_TIMEOUT_MS 10000
-#define COMMIT_TIMEOUT_NOTE "synchronous commit"
+#define CLOSE_TIMEOUT_MS 5000 /* Longest wait to leave the group cleanly at shutdown. */
+/* Requests to an unreachable broker fail after this long (librdkafka: 60 s). It bounds how long a
+ * worker whose brokers are gone takes to exit: destroying the consumer waits for its requests. */
+#define SOCKET_TIMEOUT_MS "10000"
 #define DETAIL_MAX 160
 #define QUEUED_MAX_KBYTES "16384" /* Kilobytes of prefetched messages in librdkafka's queue. */
 /* Fetch response sizes: librdkafka's defaults (50 MiB, 1 MiB per partition) buffer far more than a
@@ -277,11 +280,47 @@ static void batch_take(worker *w, rd_kafka_message_t *m)
     dlq_produce(w, e);
 }
 
-static void commit_sync(worker *w)
+static void rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                      rd_kafka_topic_partition_list_t *parts, void *opaque);
+
+/* Commits the stored offsets: synchronously while running (a revoked partition's next owner then
+ * starts exactly after our last write), asynchronously once shutting down, where a synchronous
+ * commit to an unreachable broker would block the exit; the close that follows still sends it. */
+static void commit_offsets(worker *w)
 {
-    rd_kafka_resp_err_t err = rd_kafka_commit(w->consumer, NULL, 0);
+    rd_kafka_resp_err_t err = rd_kafka_commit(w->consumer, NULL, *w->stop ? 1 : 0);
     if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
-        us_warn("%s failed: %s", COMMIT_TIMEOUT_NOTE, rd_kafka_err2str(err));
+        us_warn("committing offsets failed: %s (they are committed again later; at worst some "
+                "events are applied twice, which is harmless)",
+                rd_kafka_err2str(err));
+}
+
+/* Leaves the group (revoking through the rebalance callback, committing, LeaveGroup), bounded by
+ * CLOSE_TIMEOUT_MS so that a worker whose broker is gone still exits. Returns 1 when closed. */
+static int close_consumer(worker *w)
+{
+    rd_kafka_queue_t *q = rd_kafka_queue_new(w->consumer);
+    rd_kafka_error_t *error = rd_kafka_consumer_close_queue(w->consumer, q);
+    if (error) {
+        us_warn("closing the consumer: %s", rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+    }
+    int64_t deadline = now_ms() + CLOSE_TIMEOUT_MS;
+    while (!rd_kafka_consumer_closed(w->consumer) && now_ms() < deadline) {
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 100);
+        if (!ev) continue;
+        if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE)
+            rebalance(w->consumer, rd_kafka_event_error(ev),
+                      (rd_kafka_topic_partition_list_t *)rd_kafka_event_topic_partition_list(ev), w);
+        rd_kafka_event_destroy(ev);
+    }
+    rd_kafka_queue_destroy(q);
+    int closed = rd_kafka_consumer_closed(w->consumer);
+    if (!closed)
+        us_warn("could not leave the group within %d ms (brokers unreachable?); exiting anyway: "
+                "uncommitted events will be consumed again by the next owner",
+                CLOSE_TIMEOUT_MS);
+    return closed;
 }
 
 static void rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -307,7 +346,7 @@ static void rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             batch_release(w);
         } else {
             batch_finish(w);
-            commit_sync(w);
+            commit_offsets(w);
             us_info("revoked %d partition(s) after draining in-flight writes", parts->cnt);
         }
         if (cooperative)
@@ -400,6 +439,7 @@ static rd_kafka_t *create_consumer(worker *w, char *err, size_t errlen)
         {"queued.max.messages.kbytes", QUEUED_MAX_KBYTES},
         {"fetch.max.bytes", FETCH_MAX_BYTES},
         {"max.partition.fetch.bytes", PARTITION_FETCH_MAX_BYTES},
+        {"socket.timeout.ms", SOCKET_TIMEOUT_MS},
     };
     for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++)
         if (us_kafka_conf_set(conf, settings[i][0], settings[i][1], err, errlen) != 0) goto fail;
@@ -468,7 +508,7 @@ int us_worker_run(const us_config *cfg, int metrics_port, volatile sig_atomic_t 
     register_metrics(&w);
     us_redis_metrics_register();
     us_event_decoder_init(&w.decoder);
-    int rc = -1;
+    int rc = -1, closed = 0;
     char err[512];
     us_admin_http *admin = NULL;
 
@@ -496,8 +536,9 @@ int us_worker_run(const us_config *cfg, int metrics_port, volatile sig_atomic_t 
             goto out;
         }
     }
-    if (ensure_topics(&w) != 0) {
+    if (ensure_topics(&w) != 0) { /* Stopped before the brokers ever answered. */
         rc = 0;
+        closed = 1;
         goto out;
     }
 
@@ -516,13 +557,19 @@ int us_worker_run(const us_config *cfg, int metrics_port, volatile sig_atomic_t 
     consume_loop(&w);
 
     us_info("shutting down: committing offsets and leaving the group");
-    commit_sync(&w);
-    kerr = rd_kafka_consumer_close(w.consumer);
-    if (kerr) us_warn("closing the consumer: %s", rd_kafka_err2str(kerr));
+    commit_offsets(&w);
+    closed = close_consumer(&w);
     rc = 0;
 out:
     us_admin_http_stop(admin);
-    if (w.consumer) rd_kafka_destroy(w.consumer);
+    if (rc == 0 && !closed) {
+        /* Destroying a consumer whose close is still pending blocks until librdkafka's requests
+         * to the unreachable brokers time out. Leave both handles to the process exit instead:
+         * nothing of ours is pending (offsets not committed will be consumed again). */
+        rc = US_WORKER_EXIT_NOW;
+        w.consumer = w.dlq = NULL;
+    }
+    if (w.consumer) rd_kafka_destroy_flags(w.consumer, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     if (w.dlq) {
         rd_kafka_flush(w.dlq, DLQ_FLUSH_SLICE_MS);
         rd_kafka_destroy(w.dlq);

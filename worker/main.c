@@ -55,7 +55,7 @@ static pid_t spawn(const us_config *cfg, int index)
     if (pid == 0) {
         int port = cfg->worker.metrics_port ? cfg->worker.metrics_port + index : 0;
         int rc = us_worker_run(cfg, port, &stop_requested);
-        _exit(rc == 0 ? 0 : 1);
+        _exit(rc == 0 || rc == US_WORKER_EXIT_NOW ? 0 : 1);
     }
     us_info("started worker process %d (pid %d)", index, (int)pid);
     return pid;
@@ -120,7 +120,8 @@ int main(int argc, char **argv, char **envp)
     if (cfg.worker.processes > 1)
         rc = supervise(&cfg);
     else
-        rc = us_worker_run(&cfg, cfg.worker.metrics_port, &stop_requested) == 0 ? 0 : 1;
+        rc = us_worker_run(&cfg, cfg.worker.metrics_port, &stop_requested);
     us_config_free(&cfg);
-    return rc;
+    if (rc == US_WORKER_EXIT_NOW) _exit(0);
+    return rc == 0 ? 0 : 1;
 }

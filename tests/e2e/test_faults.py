@@ -18,7 +18,7 @@ import time
 
 import requests
 
-from conftest import EventStream, KAFKA, api, now_ms, statuses, wait_no_loss, wait_until
+from conftest import EventStream, KAFKA, api, now_ms, status, statuses, wait_no_loss, wait_until
 
 LONG = os.environ.get("USERSTATUS_LONG") == "1"
 # Fast failure detection for the group: the broker's minimum session timeout is 6 s. Without this,
@@ -309,3 +309,23 @@ def test_rebalance_under_load_loses_nothing_and_stores_no_revoked_offsets(ns):
     report("rebalance", events_produced=produced, membership_changes=changes, lost=0,
            offset_stores_for_revoked_partitions=refused)
 
+
+
+# --------------------------------------------------------------------------------------------------
+# shutdown without a broker
+
+
+def test_sigterm_while_the_broker_is_down_exits_cleanly(private_kafka, ns):
+    cfg = ns.config(kafka={"brokers": private_kafka.addr, "produce_timeout": "2s"})
+    w = ns.start_worker(cfg)
+    q = ns.start_query(cfg)
+    for i in range(50):
+        ns_events = {"users": ["z%d" % i]}
+        assert api(q.url, "update_user_status", ns_events).json() == {"result": {}}
+    wait_until(lambda: "active" in status(q.url, "z49"), what="the worker to apply the updates")
+    private_kafka.stop()
+    time.sleep(1)
+    t0 = time.monotonic()
+    w.stop_ok()  # exit 0 within STOP_TIMEOUT, not blocked on a commit or a LeaveGroup
+    q.stop_ok()
+    report("sigterm_without_broker", shutdown_seconds="%.1f" % (time.monotonic() - t0))
