@@ -77,6 +77,8 @@ typedef struct worker {
     dlq_entry *dlq_entries;
     size_t ndlq;
 
+    int assigned_once; /* The group has completed a rebalance with us in it. */
+
     _Atomic int redis_healthy;
     char redis_error[256];
 
@@ -296,16 +298,32 @@ static void commit_offsets(worker *w)
 }
 
 /* Leaves the group (revoking through the rebalance callback, committing, LeaveGroup), bounded by
- * CLOSE_TIMEOUT_MS so that a worker whose broker is gone still exits. Returns 1 when closed. */
+ * CLOSE_TIMEOUT_MS so that a worker whose broker is gone still exits. Returns 1 when closed.
+ *
+ * librdkafka before 2.2.1 crashes (assertion in the sticky assignor, librdkafka issue #4312) when
+ * a cooperative-sticky consumer is closed before its first rebalance completed. So a worker asked
+ * to stop that early first waits (bounded) for that rebalance; if it never comes, the consumer is
+ * not closed at all (the caller then exits without destroying it). Messages polled meanwhile are
+ * dropped unstored: they are consumed again by whoever owns their partition next. */
 static int close_consumer(worker *w)
 {
+    int64_t deadline = now_ms() + CLOSE_TIMEOUT_MS;
+    while (!w->assigned_once && now_ms() < deadline) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(w->consumer, 100);
+        if (m) rd_kafka_message_destroy(m);
+    }
+    if (!w->assigned_once) {
+        us_warn("stopping before the group's first rebalance completed; leaving without a clean "
+                "close (librdkafka 2.0 cannot close a cooperative consumer at this point)");
+        return 0;
+    }
     rd_kafka_queue_t *q = rd_kafka_queue_new(w->consumer);
     rd_kafka_error_t *error = rd_kafka_consumer_close_queue(w->consumer, q);
     if (error) {
         us_warn("closing the consumer: %s", rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
     }
-    int64_t deadline = now_ms() + CLOSE_TIMEOUT_MS;
+    deadline = now_ms() + CLOSE_TIMEOUT_MS;
     while (!rd_kafka_consumer_closed(w->consumer) && now_ms() < deadline) {
         rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 100);
         if (!ev) continue;
@@ -334,6 +352,7 @@ static void rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         us_info("assigned %d partition(s)", parts->cnt);
+        w->assigned_once = 1;
         if (cooperative)
             error = rd_kafka_incremental_assign(rk, parts);
         else

@@ -329,3 +329,14 @@ def test_sigterm_while_the_broker_is_down_exits_cleanly(private_kafka, ns):
     w.stop_ok()  # exit 0 within STOP_TIMEOUT, not blocked on a commit or a LeaveGroup
     q.stop_ok()
     report("sigterm_without_broker", shutdown_seconds="%.1f" % (time.monotonic() - t0))
+
+
+def test_sigterm_right_after_start_exits_cleanly(ns):
+    """Stopping a worker while it is still joining the group (before its first rebalance) must not
+    crash it: librdkafka 2.0 asserts when such a cooperative consumer is closed."""
+    cfg = ns.config()
+    for _ in range(5):
+        w = ns.start_worker(cfg)  # returns as soon as /health answers: typically still joining
+        t0 = time.monotonic()
+        w.stop_ok()
+        report("sigterm_while_joining", shutdown_seconds="%.1f" % (time.monotonic() - t0))
