@@ -6,10 +6,11 @@
  * request (answering there would make libmicrohttpd 0.9.75 drop keep-alive); body chunks are
  * collected up to query.max_body_size; the last call parses the JSON and runs the commands.
  *
- * Updates and deletes become Kafka events. Rather than blocking an HTTP thread until the broker
- * acknowledges them, the connection is *suspended*; the producer's delivery-report thread resumes
- * it when the last acknowledgement (or failure) arrives, and the handler is called once more to
- * send the reply. Reads go straight to Redis through the calling thread's own connections. */
+ * Nothing blocks an HTTP thread. Updates and deletes become Kafka events; reads become jobs for
+ * the batched Redis reader (reader.h), which serves the reads of many requests in one pipelined
+ * round trip. Meanwhile the connection is *suspended*; whoever completes the last piece -- the
+ * producer's delivery-report thread or a reader thread -- resumes it, and the handler is called
+ * once more to send the reply. */
 #include "api.h"
 
 #include "admin_http.h"
@@ -17,7 +18,10 @@
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
+#include "reader.h"
 #include "redis_store.h"
+
+#include <stdatomic.h>
 
 #include <microhttpd.h>
 #include <stdio.h>
@@ -43,6 +47,7 @@ typedef struct command {
     size_t state_len;
     int has_state;
     us_ack_group acks;
+    us_read_job read;   /* CMD_GET: the statuses, read by the reader. */
 } command;
 
 typedef struct request {
@@ -66,6 +71,8 @@ struct us_api {
     us_producer *producer;
     us_proxy *proxy;
     struct MHD_Daemon *daemon;
+    us_reader *reader;
+    _Atomic int suspended; /* /api/ requests waiting for acks or reads. */
     pthread_mutex_t mu; /* Guards redis_all. */
     us_redis **redis_all;
     size_t nredis;
@@ -364,16 +371,9 @@ static int command_reply(us_api *api, command *c, sbuf *out)
         return 0;
     }
 
-    us_metric_add(api->m_get, 1);
-    us_status stack_statuses[16];
-    us_status *st = c->nusers <= 16 ? stack_statuses : malloc(c->nusers * sizeof(us_status));
-    if (!st) abort();
-    char err[256];
-    int rc = us_redis_get(thread_redis(api), c->users, c->nusers, st, err, sizeof(err));
-    if (rc != 0) {
-        us_error("get_user_status of %zu users: %s", c->nusers, err);
-        snprintf(c->detail, sizeof(c->detail), "%s", err);
-        if (st != stack_statuses) free(st);
+    const us_status *st = c->read.out;
+    if (c->read.failed) {
+        snprintf(c->detail, sizeof(c->detail), "%s", c->read.err);
         sb_error(out, US_ERR_INTERNAL);
         return US_ERR_INTERNAL;
     }
@@ -398,7 +398,6 @@ static int command_reply(us_api *api, command *c, sbuf *out)
         sb_add(out, "}", 1);
     }
     sb_cstr(out, "]}}");
-    if (st != stack_statuses) free(st);
     return 0;
 }
 
@@ -479,6 +478,24 @@ static enum MHD_Result finish(request *req)
                        code ? c->detail : NULL);
 }
 
+/* Hands the reads of every get command to the batched reader. */
+static void read_all(us_api *api, request *req)
+{
+    for (size_t i = 0; i < req->ncmds; i++) {
+        command *c = &req->cmds[i];
+        if (c->kind != CMD_GET) continue;
+        us_metric_add(api->m_get, 1);
+        if (c->nusers == 0) continue;
+        c->read.users = c->users;
+        c->read.n = c->nusers;
+        c->read.out = malloc(c->nusers * sizeof(us_status));
+        if (!c->read.out) abort();
+        c->read.waiter = &req->waiter;
+        us_ack_waiter_add(&req->waiter);
+        us_reader_submit(api->reader, &c->read);
+    }
+}
+
 static void wake_request(void *arg)
 {
     request *req = arg;
@@ -518,6 +535,7 @@ static enum MHD_Result start_api(request *req, const char *method_name)
     }
 
     produce_all(api, req);
+    read_all(api, req);
     pthread_mutex_lock(&req->waiter.mu);
     if (req->waiter.pending == 0) {
         pthread_mutex_unlock(&req->waiter.mu);
@@ -527,6 +545,7 @@ static enum MHD_Result start_api(request *req, const char *method_name)
     req->waiter.wake = wake_request;
     req->waiter.arg = req;
     req->suspended = 1;
+    atomic_fetch_add(&api->suspended, 1);
     MHD_suspend_connection(req->conn);
     pthread_mutex_unlock(&req->waiter.mu);
     return MHD_YES;
@@ -566,8 +585,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         req->len += n;
         return MHD_YES;
     }
-    if (req->suspended) { /* Resumed: every event is acknowledged or failed. */
+    if (req->suspended) { /* Resumed: every event is acknowledged or failed, every read done. */
         req->suspended = 0;
+        atomic_fetch_sub(&api->suspended, 1);
         return finish(req);
     }
 
@@ -613,7 +633,10 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     request *req = *con_cls;
     if (!req) return;
     us_proxy_request_done(req->api->proxy, &req->proxy_state);
-    for (size_t i = 0; i < req->ncmds; i++) free(req->cmds[i].users);
+    for (size_t i = 0; i < req->ncmds; i++) {
+        free(req->cmds[i].users);
+        free(req->cmds[i].read.out);
+    }
     free(req->cmds);
     if (req->doc) json_decref(req->doc);
     us_ack_waiter_destroy(&req->waiter);
@@ -679,7 +702,13 @@ us_api *us_api_start(const us_config *cfg, us_producer *producer, char *err, siz
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     unsigned threads = cfg->query.threads > 0 ? (unsigned)cfg->query.threads
                                               : (unsigned)(cores > 0 ? cores : 1);
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    api->reader = us_reader_new(cfg, (int)threads, err, errlen);
+    if (!api->reader) {
+        us_api_stop(api);
+        return NULL;
+    }
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
+                     MHD_USE_ITC;
     if (sa.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
     api->daemon = MHD_start_daemon(
         flags, (uint16_t)cfg->port, NULL, NULL, handle, api, MHD_OPTION_SOCK_ADDR, &sa,
@@ -697,11 +726,30 @@ us_api *us_api_start(const us_config *cfg, us_producer *producer, char *err, siz
     return api;
 }
 
+/* Stops accepting connections and waits (bounded by the produce timeout) until no /api/ request
+ * is suspended: libmicrohttpd must not be stopped with suspended connections, and every request
+ * in flight deserves its answer. */
+static void drain_requests(us_api *api)
+{
+    MHD_socket listener = MHD_quiesce_daemon(api->daemon);
+    if (listener != MHD_INVALID_SOCKET) close(listener);
+    struct timespec pause = {0, 10 * 1000 * 1000};
+    int64_t waited_ms = 0, limit_ms = api->cfg->kafka.produce_timeout_ms + 2000;
+    while (atomic_load(&api->suspended) > 0 && waited_ms < limit_ms) {
+        nanosleep(&pause, NULL);
+        waited_ms += 10;
+    }
+    if (atomic_load(&api->suspended) > 0)
+        us_warn("stopping with %d request(s) still waiting", atomic_load(&api->suspended));
+}
+
 void us_api_stop(us_api *api)
 {
     if (!api) return;
     us_proxy_quiesce(api->proxy); /* The daemon must not stop with suspended connections. */
+    if (api->daemon) drain_requests(api);
     if (api->daemon) MHD_stop_daemon(api->daemon);
+    us_reader_free(api->reader);
     us_proxy_free(api->proxy);
     for (size_t i = 0; i < api->nredis; i++) us_redis_free(api->redis_all[i]);
     free(api->redis_all);

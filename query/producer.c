@@ -38,15 +38,21 @@ void us_ack_waiter_destroy(us_ack_waiter *w)
     pthread_mutex_destroy(&w->mu);
 }
 
-static void delivered(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+void us_ack_waiter_add(us_ack_waiter *w)
 {
-    us_ack_group *g = m->_private;
-    us_ack_waiter *w = g->waiter;
+    pthread_mutex_lock(&w->mu);
+    w->pending++;
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Marks one thing done, after recording a delivery failure into g (NULL: none). */
+static void waiter_done(us_ack_waiter *w, us_ack_group *g, rd_kafka_resp_err_t err)
+{
     void (*wake)(void *) = NULL;
     void *arg = NULL;
     pthread_mutex_lock(&w->mu);
-    if (m->err) {
-        if (g->failed++ == 0) g->err = m->err;
+    if (g && err) {
+        if (g->failed++ == 0) g->err = err;
     }
     if (--w->pending == 0 && w->armed) {
         w->armed = 0;
@@ -57,6 +63,17 @@ static void delivered(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
     /* Outside the lock, and without touching w again: once woken, the request may be answered
      * and freed (waiter included) by an HTTP thread at any moment. */
     if (wake) wake(arg);
+}
+
+void us_ack_waiter_done(us_ack_waiter *w)
+{
+    waiter_done(w, NULL, RD_KAFKA_RESP_ERR_NO_ERROR);
+}
+
+static void delivered(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    us_ack_group *g = m->_private;
+    waiter_done(g->waiter, g, m->err);
 }
 
 static void *poll_thread(void *arg)
@@ -145,9 +162,7 @@ int us_producer_send(us_producer *p, us_ack_group *g, us_event_type type, const 
             return -1;
         }
         /* Count first: the delivery report may arrive before producev returns. */
-        pthread_mutex_lock(&g->waiter->mu);
-        g->waiter->pending++;
-        pthread_mutex_unlock(&g->waiter->mu);
+        us_ack_waiter_add(g->waiter);
         rd_kafka_resp_err_t err = rd_kafka_producev(
             p->rk, RD_KAFKA_V_TOPIC(p->cfg->kafka.topic),
             RD_KAFKA_V_KEY(users[i].user, users[i].len), RD_KAFKA_V_VALUE(buf, (size_t)len),

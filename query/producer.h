@@ -40,6 +40,14 @@ void us_producer_free(us_producer *p);
 void us_ack_waiter_init(us_ack_waiter *w);
 void us_ack_waiter_destroy(us_ack_waiter *w);
 
+/* Counts one more thing to wait for (an event, a read). */
+void us_ack_waiter_add(us_ack_waiter *w);
+
+/* Marks one counted thing done; wakes the waiter when it was the last and the waiter is armed.
+ * The waiter may be freed by the woken side as soon as this wakes it: callers must not touch it
+ * (or anything it guards) afterwards. */
+void us_ack_waiter_done(us_ack_waiter *w);
+
 /* Queues one event per user, at time_ms, into group g (whose waiter counts them). Returns 0, or -1
  * with g->err set when an event could not be queued (those queued before it still count). */
 int us_producer_send(us_producer *p, us_ack_group *g, us_event_type type, const us_user_ref *users,
