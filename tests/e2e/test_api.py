@@ -226,3 +226,30 @@ def test_batch_errors_are_per_reply(ns, query):
     assert res["replies"][0] == {"error": {"code": 107, "message": "bad request"}}
     assert res["replies"][1]["error"]["code"] == 104
     assert res["replies"][2] == {"result": {"statuses": [{"user": "z"}]}}
+
+
+def test_concurrent_gets_each_get_their_own_users(ns, query, redis):
+    """Reads of concurrent requests share pipelined Redis round trips; no answer may mix them up."""
+    import threading
+    users = ["cg%d" % i for i in range(300)]
+    for i, u in enumerate(users):
+        redis("ZADD", ns.key(u), 1_000_000 + i, "a", 2_000_000 + i, "o")
+        redis("PEXPIRE", ns.key(u), 600_000)
+    failures = []
+
+    def client(seed):
+        picked = [users[(seed * 37 + k * 11) % len(users)] for k in range(1 + seed % 40)]
+        for _ in range(30):
+            got = call(query.url, "get_user_status", {"users": picked + ["nobody"]})
+            want = [{"user": u, "active": 1_000_000 + users.index(u), "online": 2_000_000 + users.index(u)}
+                     for u in picked] + [{"user": "nobody"}]
+            if got != {"result": {"statuses": want}}:
+                failures.append((seed, got))
+                return
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not failures, failures[:1]
