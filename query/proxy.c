@@ -23,7 +23,8 @@
  * reply went out but whose events are not all reported stays in the list until the deadline
  * thread sees its pending count reach zero and frees it.
  *
- * Lock order: proxy->mu, then an op's waiter.mu. The producer's thread takes only waiter.mu. */
+ * Lock order: proxy->mu, then an op's waiter.mu. The producer's thread takes only waiter.mu, and
+ * resumes a connection only after releasing it. */
 #include "proxy.h"
 
 #include "debounce.h"
@@ -269,7 +270,9 @@ static void op_release(op *o)
     if (o) op_free(o);
 }
 
-/* Called by the producer's thread, with waiter.mu held, when the last event is reported. */
+/* Called by the producer's thread, after it released waiter.mu, when the last event is reported.
+ * The op cannot be freed before this runs: it is freed only once answered, and it is answered only
+ * after this resume. */
 static void wake_op(void *arg)
 {
     op *o = arg;
