@@ -52,23 +52,42 @@ fail:
     return NULL;
 }
 
+int us_kafka_conf_defaults(rd_kafka_conf_t *conf, const us_config *cfg, const char *const (*settings)[2],
+                           size_t n, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (user_set(cfg, settings[i][0])) continue;
+        if (us_kafka_conf_set(conf, settings[i][0], settings[i][1], err, errlen) != 0) return -1;
+    }
+    return 0;
+}
+
+rd_kafka_t *us_kafka_new(rd_kafka_type_t type, rd_kafka_conf_t *conf, const char *what, char *err,
+                         size_t errlen)
+{
+    char kerr[256];
+    rd_kafka_t *rk = rd_kafka_new(type, conf, kerr, sizeof(kerr));
+    if (!rk) {
+        snprintf(err, errlen, "%s: %s", what, kerr);
+        rd_kafka_conf_destroy(conf);
+    }
+    return rk;
+}
+
 int us_kafka_conf_event_producer(rd_kafka_conf_t *conf, const us_config *cfg,
                                  int64_t message_timeout_ms, char *err, size_t errlen)
 {
     char timeout[24];
     snprintf(timeout, sizeof(timeout), "%lld", (long long)message_timeout_ms);
-    const char *settings[][2] = {
+    const char *const settings[][2] = {
         {"enable.idempotence", "true"},
         {"acks", "all"},
         {"partitioner", "murmur2_random"},
         {"linger.ms", "2"},
         {"message.timeout.ms", timeout},
     };
-    for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++) {
-        if (user_set(cfg, settings[i][0])) continue;
-        if (us_kafka_conf_set(conf, settings[i][0], settings[i][1], err, errlen) != 0) return -1;
-    }
-    return 0;
+    return us_kafka_conf_defaults(conf, cfg, settings, sizeof(settings) / sizeof(settings[0]), err,
+                                  errlen);
 }
 
 int us_kafka_ensure_topics(rd_kafka_t *rk, const us_config *cfg, int timeout_ms, char *err,

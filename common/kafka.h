@@ -16,6 +16,15 @@ rd_kafka_conf_t *us_kafka_conf_new(const us_config *cfg, char *err, size_t errle
 int us_kafka_conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *err,
                       size_t errlen);
 
+/* Sets each of n name/value defaults unless the user set that property in kafka.properties (the
+ * user's value wins). Returns 0, or -1 with err set. */
+int us_kafka_conf_defaults(rd_kafka_conf_t *conf, const us_config *cfg, const char *const (*settings)[2],
+                           size_t n, char *err, size_t errlen);
+
+/* rd_kafka_new() that takes ownership of conf on failure too; what names the client in err. */
+rd_kafka_t *us_kafka_new(rd_kafka_type_t type, rd_kafka_conf_t *conf, const char *what, char *err,
+                         size_t errlen);
+
 /* Settings of every producer of events: idempotent, acks=all, murmur2_random partitioner (the
  * Java client's, so that every client puts a user's events on the same partition). Properties the
  * user set in kafka.properties are left alone. */

@@ -106,13 +106,8 @@ us_producer *us_producer_new(const us_config *cfg, char *err, size_t errlen)
         return NULL;
     }
     rd_kafka_conf_set_dr_msg_cb(conf, delivered);
-    char kerr[256];
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
-    if (!rk) {
-        snprintf(err, errlen, "producer: %s", kerr);
-        rd_kafka_conf_destroy(conf);
-        return NULL;
-    }
+    rd_kafka_t *rk = us_kafka_new(RD_KAFKA_PRODUCER, conf, "producer", err, errlen);
+    if (!rk) return NULL;
     us_producer *p = calloc(1, sizeof(*p));
     if (!p) abort();
     p->rk = rk;

@@ -431,21 +431,15 @@ static rd_kafka_t *create_dlq_producer(worker *w, char *err, size_t errlen)
     }
     rd_kafka_conf_set_opaque(conf, w);
     rd_kafka_conf_set_dr_msg_cb(conf, dlq_delivered);
-    char kerr[256];
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
-    if (!rk) {
-        snprintf(err, errlen, "dead-letter producer: %s", kerr);
-        rd_kafka_conf_destroy(conf);
-    }
-    return rk;
+    return us_kafka_new(RD_KAFKA_PRODUCER, conf, "dead-letter producer", err, errlen);
 }
 
 static rd_kafka_t *create_consumer(worker *w, char *err, size_t errlen)
 {
     rd_kafka_conf_t *conf = us_kafka_conf_new(w->cfg, err, errlen);
     if (!conf) return NULL;
-    /* Ours first, then the user's kafka.properties again, so that users can override these. */
-    const char *settings[][2] = {
+    /* Defaults: a property set in kafka.properties wins. */
+    const char *const settings[][2] = {
         {"group.id", w->cfg->kafka.consumer_group},
         {"enable.auto.offset.store", "false"},
         {"enable.auto.commit", "true"},
@@ -460,25 +454,17 @@ static rd_kafka_t *create_consumer(worker *w, char *err, size_t errlen)
         {"max.partition.fetch.bytes", PARTITION_FETCH_MAX_BYTES},
         {"socket.timeout.ms", SOCKET_TIMEOUT_MS},
     };
-    for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++)
-        if (us_kafka_conf_set(conf, settings[i][0], settings[i][1], err, errlen) != 0) goto fail;
-    for (size_t i = 0; i + 1 < w->cfg->kafka.properties.count; i += 2)
-        if (us_kafka_conf_set(conf, w->cfg->kafka.properties.items[i],
-                              w->cfg->kafka.properties.items[i + 1], err, errlen) != 0)
-            goto fail;
+    if (us_kafka_conf_defaults(conf, w->cfg, settings, sizeof(settings) / sizeof(settings[0]), err,
+                               errlen) != 0) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
     rd_kafka_conf_set_opaque(conf, w);
     rd_kafka_conf_set_rebalance_cb(conf, rebalance);
-    char kerr[256];
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
-    if (!rk) {
-        snprintf(err, errlen, "consumer: %s", kerr);
-        goto fail;
-    }
+    rd_kafka_t *rk = us_kafka_new(RD_KAFKA_CONSUMER, conf, "consumer", err, errlen);
+    if (!rk) return NULL;
     rd_kafka_poll_set_consumer(rk);
     return rk;
-fail:
-    rd_kafka_conf_destroy(conf);
-    return NULL;
 }
 
 /* Creates the topics, retrying while the brokers are unreachable. Returns 0, or -1 on shutdown. */

@@ -143,12 +143,28 @@ static void test_shards_as_array_and_kafka_properties(void **state)
     us_config_free(&cfg);
 }
 
+/* A config that must be refused with an error mentioning needle. */
+typedef struct bad_config {
+    const char *json;
+    const char *needle;
+} bad_config;
+
+static void assert_refused_naming(const bad_config *cases, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        us_config cfg;
+        char err[256] = "";
+        if (load_text(&cfg, cases[i].json, NULL, err, sizeof(err)) != -1)
+            fail_msg("accepted %s", cases[i].json);
+        if (!strstr(err, cases[i].needle))
+            fail_msg("%s: error '%s' does not mention %s", cases[i].json, err, cases[i].needle);
+        us_config_free(&cfg);
+    }
+}
+
 static void test_bad_configs_name_the_key(void **state)
 {
-    struct {
-        const char *json;
-        const char *needle;
-    } cases[] = {
+    const bad_config cases[] = {
         {"{\"bogus\": 1}", "'bogus'"},
         {"{\"user_status\": {\"expire\": \"1h\"}}", "'user_status.expire'"},
         {"{\"port\": \"8000\"}", "'port'"},
@@ -166,15 +182,7 @@ static void test_bad_configs_name_the_key(void **state)
         {"[1]", "top level"},
         {"{", "config file"},
     };
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        us_config cfg;
-        char err[256] = "";
-        if (load_text(&cfg, cases[i].json, NULL, err, sizeof(err)) != -1)
-            fail_msg("accepted %s", cases[i].json);
-        if (!strstr(err, cases[i].needle))
-            fail_msg("%s: error '%s' does not mention %s", cases[i].json, err, cases[i].needle);
-        us_config_free(&cfg);
-    }
+    assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
 }
 
 static void test_environment_overrides_file_and_flags_override_environment(void **state)
@@ -239,10 +247,7 @@ static void test_proxy_section_from_file_and_environment(void **state)
 
 static void test_bad_proxy_values_name_the_key(void **state)
 {
-    struct {
-        const char *json;
-        const char *needle;
-    } cases[] = {
+    const bad_config cases[] = {
         {"{\"proxy\": {\"online_interval\": \"500ms\"}}", "'proxy.online_interval'"},
         {"{\"proxy\": {\"online_interval\": 25}}", "'proxy.online_interval'"},
         {"{\"proxy\": {\"active_debounce\": \"-1s\"}}", "'proxy.active_debounce'"},
@@ -250,15 +255,7 @@ static void test_bad_proxy_values_name_the_key(void **state)
         {"{\"proxy\": {\"enabled\": \"yes\"}}", "'proxy.enabled'"},
         {"{\"proxy\": {\"rpc_namespace\": \"x\"}}", "'proxy.rpc_namespace'"},
     };
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        us_config cfg;
-        char err[256] = "";
-        if (load_text(&cfg, cases[i].json, NULL, err, sizeof(err)) != -1)
-            fail_msg("accepted %s", cases[i].json);
-        if (!strstr(err, cases[i].needle))
-            fail_msg("%s: error '%s' does not mention %s", cases[i].json, err, cases[i].needle);
-        us_config_free(&cfg);
-    }
+    assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
 }
 
 int main(void)
