@@ -44,11 +44,21 @@ POLL_TIMEOUT = 20.0
 # small helpers
 
 
+_ports_given = set()
+
+
 def free_port():
-    """A TCP port that is free right now (bind port 0 and let the kernel choose)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port that is free right now (bind port 0 and let the kernel choose), and never one this
+    test run handed out before: the kernel may offer a just-closed port again, and one config holds
+    several ports (query port, worker metrics port) that must differ."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
+    raise RuntimeError("no fresh free port after 100 tries")
 
 
 def wait_until(cond, timeout=POLL_TIMEOUT, interval=0.1, what="condition"):
