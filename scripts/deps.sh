@@ -10,7 +10,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PACKAGES=(build-essential cmake pkg-config librdkafka-dev libhiredis-dev libmsgpack-dev
           libmicrohttpd-dev libjansson-dev libcmocka-dev redis-server redis-tools clang
-          libclang-rt-14-dev curl python3-venv wrk webdis)
+          libclang-rt-14-dev curl python3-venv wrk webdis
+          libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler)
 # Java and Maven only run the test Kafka broker; any existing install will do.
 command -v java >/dev/null || PACKAGES+=(default-jre-headless)
 command -v mvn >/dev/null || PACKAGES+=(maven)
