@@ -2,9 +2,12 @@
 #include "api.h"
 #include "cli.h"
 #include "config.h"
+#include "core.h"
 #include "log.h"
 #include "metrics.h"
 #include "producer.h"
+#include "reader.h"
+#include "redis_store.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -60,11 +63,21 @@ int main(int argc, char **argv, char **envp)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* query.threads (default: one per core) sizes both the HTTP thread pool and the reader. */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned threads = cfg.query.threads > 0 ? (unsigned)cfg.query.threads
+                                             : (unsigned)(cores > 0 ? cores : 1);
     char err[512];
+    us_redis_metrics_register();
     us_producer *producer = us_producer_new(&cfg, err, sizeof(err));
-    us_api *api = producer ? us_api_start(&cfg, producer, err, sizeof(err)) : NULL;
+    us_reader *reader = producer ? us_reader_new(&cfg, (int)threads, err, sizeof(err)) : NULL;
+    us_core *core = reader ? us_core_new(&cfg, producer, reader, err, sizeof(err)) : NULL;
+    us_api *api = core ? us_api_start(&cfg, core, producer, reader, threads, err, sizeof(err))
+                       : NULL;
     if (!api) {
         us_error("%s", err);
+        us_reader_free(reader);
+        us_core_free(core);
         us_producer_free(producer);
         us_config_free(&cfg);
         us_metrics_free_all();
@@ -72,7 +85,10 @@ int main(int argc, char **argv, char **envp)
     }
     while (!stop_requested) pause();
     us_info("shutting down");
+    us_core_quiesce(core); /* Every request still waiting is answered now. */
     us_api_stop(api);
+    us_reader_free(reader); /* Finishes (or fails, when Redis hangs) the reads still running. */
+    us_core_free(core);     /* Waits for the events still in flight, bounded. */
     us_producer_free(producer);
     us_config_free(&cfg);
     us_metrics_free_all();

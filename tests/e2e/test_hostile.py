@@ -275,7 +275,7 @@ CASES = {
         json_is(200, {"replies": [
             {"error": {"code": 107, "message": "bad request"}}, {"error": {"code": 107, "message": "bad request"}},
             {"error": {"code": 107, "message": "bad request"}}, {"error": {"code": 104, "message": "method not found"}},
-            {"result": {"statuses": [{"user": "a"}]}}]})),
+            {"get_user_status": {"statuses": [{"user": "a"}]}}]})),
 }
 
 
