@@ -607,15 +607,19 @@ static int run_op(us_redis *r, const store_op *op, char *err, size_t errlen)
             const us_user_ref *u = op->user(op->ctx, i, &tmp);
             int klen = us_redis_key(r->prefix, u->user, u->len, key, sizeof(key));
             if (klen < 0) {
-                snprintf(err, errlen, "redis key for user '%.*s' is too long", (int)u->len, u->user);
+                char shown[US_LOG_ESCAPE_CAP]; /* err ends up in a log line. */
+                snprintf(err, errlen, "redis key for user '%s' is too long",
+                         us_log_escape(u->user, u->len, shown, sizeof(shown)));
                 close_all(r);
                 return -1;
             }
             plan *p = &r->plans[i];
             uint16_t idx = p->ask_node != NO_NODE ? p->ask_node : route(r, u, key, (size_t)klen);
             if (idx == NO_NODE || idx >= r->nnodes) {
-                snprintf(err, errlen, "redis cluster: no master serves slot %u (key '%.*s')",
-                         us_cluster_slot(key, (size_t)klen), klen, key);
+                char shown[US_LOG_ESCAPE_CAP]; /* err ends up in a log line. */
+                snprintf(err, errlen, "redis cluster: no master serves slot %u (key '%s')",
+                         us_cluster_slot(key, (size_t)klen),
+                         us_log_escape(key, (size_t)klen, shown, sizeof(shown)));
                 r->refresh_needed = 1;
                 close_all(r);
                 return -1;
