@@ -109,6 +109,11 @@ static const key_desc keys[] = {
     {"query.max_connections", KEY_INT, F(query.max_connections), "4096", 1, 1000000},
     {"query.connection_timeout", KEY_DUR, F(query.connection_timeout_ms), "30s", 1000,
      3600 * 1000},
+    {"query.request_timeout", KEY_DUR, F(query.request_timeout_ms), "10s", 10, 600 * 1000},
+    {"query.max_batch_commands", KEY_INT, F(query.max_batch_commands), "1000", 1, 1000000},
+    {"query.metrics_address", KEY_STR, F(query.metrics_address), "127.0.0.1", 0, 0},
+    {"query.metrics_port", KEY_INT, F(query.metrics_port), "0", 0, 65535},
+    {"query.metrics_require_key", KEY_BOOL, F(query.metrics_require_key), "false", 0, 0},
     {"proxy.enabled", KEY_BOOL, F(proxy.enabled), "true", 0, 0},
     {"proxy.rpc_method_prefix", KEY_STR, F(proxy.rpc_method_prefix), "", 0, 0},
     {"proxy.online_interval", KEY_DUR, F(proxy.online_interval_ms), "25s", 1000, DAY_MS},
@@ -744,6 +749,15 @@ int us_config_load(us_config *cfg, const char *path, char **envp,
     if (check_redis_group(cfg, &st, "user_status.", err, errlen) != 0) return -1;
     if (strcmp(cfg->kafka.topic, cfg->kafka.dlq_topic) == 0)
         return fail(err, errlen, "config key 'kafka.dlq_topic': must differ from 'kafka.topic'");
+    if (cfg->query.metrics_port == cfg->port)
+        return fail(err, errlen,
+                    "config key 'query.metrics_port': %d is the API port ('port'); use 0 to serve "
+                    "/metrics on the API port",
+                    cfg->port);
+    if (cfg->query.metrics_port != 0 && cfg->query.metrics_require_key)
+        return fail(err, errlen,
+                    "config key 'query.metrics_require_key': applies to /metrics on the API port, "
+                    "but 'query.metrics_port' moves /metrics to a listener of its own");
     return 0;
 }
 

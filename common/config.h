@@ -80,6 +80,11 @@ typedef struct us_config {
         int threads;
         int max_connections;
         int64_t connection_timeout_ms;
+        int64_t request_timeout_ms; /* Longest wait for Kafka/Redis before answering code 100. */
+        int max_batch_commands;     /* Commands in one /api/batch. */
+        char *metrics_address;      /* Separate /metrics + /health listener, with metrics_port. */
+        int metrics_port;           /* 0: /metrics is served on the API port instead. */
+        bool metrics_require_key;   /* /metrics on the API port asks for the API key. */
     } query;
 
     /* Centrifugo OSS proxy endpoints of userstatus-query (/centrifugo/rpc, /centrifugo/refresh). */

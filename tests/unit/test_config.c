@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "admin_http.h"
 #include "config.h"
 #include "duration.h"
 
@@ -606,6 +607,68 @@ static void test_flag_with_reuse_from_engine_is_refused(void **state)
     us_config_free(&cfg);
 }
 
+static void test_query_deadline_batch_and_metrics_defaults(void **state)
+{
+    us_config cfg;
+    char err[256];
+    assert_int_equal(us_config_load(&cfg, NULL, NULL, NULL, 0, err, sizeof(err)), 0);
+    assert_int_equal(cfg.query.request_timeout_ms, 10000);
+    assert_int_equal(cfg.query.max_batch_commands, 1000);
+    assert_string_equal(cfg.query.metrics_address, "127.0.0.1");
+    assert_int_equal(cfg.query.metrics_port, 0);
+    assert_false(cfg.query.metrics_require_key);
+    assert_int_equal(us_api_metrics_mode(&cfg), US_API_METRICS_OPEN);
+    us_config_free(&cfg);
+}
+
+static void test_metrics_on_the_api_port_with_the_key(void **state)
+{
+    us_config cfg;
+    char err[256];
+    const char *json = "{\"api_key\": \"k\", \"query\": {\"metrics_require_key\": true,"
+                       " \"request_timeout\": \"2500ms\", \"max_batch_commands\": 50}}";
+    assert_int_equal(load_text(&cfg, json, NULL, err, sizeof(err)), 0);
+    assert_int_equal(us_api_metrics_mode(&cfg), US_API_METRICS_KEY);
+    assert_int_equal(cfg.query.request_timeout_ms, 2500);
+    assert_int_equal(cfg.query.max_batch_commands, 50);
+    us_config_free(&cfg);
+
+    /* api_insecure: no key is checked anywhere, /metrics included. */
+    json = "{\"api_insecure\": true, \"query\": {\"metrics_require_key\": true}}";
+    assert_int_equal(load_text(&cfg, json, NULL, err, sizeof(err)), 0);
+    assert_int_equal(us_api_metrics_mode(&cfg), US_API_METRICS_OPEN);
+    us_config_free(&cfg);
+}
+
+static void test_metrics_on_a_listener_of_their_own(void **state)
+{
+    us_config cfg;
+    char err[256];
+    char *envp[] = {"USERSTATUS_QUERY_METRICS_PORT=9200", "USERSTATUS_QUERY_METRICS_ADDRESS=::1",
+                    NULL};
+    assert_int_equal(us_config_load(&cfg, NULL, envp, NULL, 0, err, sizeof(err)), 0);
+    assert_int_equal(cfg.query.metrics_port, 9200);
+    assert_string_equal(cfg.query.metrics_address, "::1");
+    assert_int_equal(us_api_metrics_mode(&cfg), US_API_METRICS_ELSEWHERE);
+    us_config_free(&cfg);
+}
+
+static void test_bad_query_values_name_the_key(void **state)
+{
+    const bad_config cases[] = {
+        {"{\"query\": {\"request_timeout\": \"5ms\"}}", "'query.request_timeout'"},
+        {"{\"query\": {\"request_timeout\": \"11m\"}}", "'query.request_timeout'"},
+        {"{\"query\": {\"request_timeout\": 10}}", "'query.request_timeout'"},
+        {"{\"query\": {\"max_batch_commands\": 0}}", "'query.max_batch_commands'"},
+        {"{\"query\": {\"metrics_port\": 70000}}", "'query.metrics_port'"},
+        {"{\"query\": {\"metrics_port\": 8000}}", "'query.metrics_port': 8000 is the API port"},
+        {"{\"query\": {\"metrics_port\": 9200, \"metrics_require_key\": true}}",
+         "'query.metrics_require_key'"},
+        {"{\"query\": {\"metrics_require_key\": 1}}", "'query.metrics_require_key'"},
+    };
+    assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -636,6 +699,10 @@ int main(void)
         cmocka_unit_test(test_one_setting_in_two_environment_variables_is_refused),
         cmocka_unit_test(test_file_and_environment_in_two_spellings_is_refused),
         cmocka_unit_test(test_flag_with_reuse_from_engine_is_refused),
+        cmocka_unit_test(test_query_deadline_batch_and_metrics_defaults),
+        cmocka_unit_test(test_metrics_on_the_api_port_with_the_key),
+        cmocka_unit_test(test_metrics_on_a_listener_of_their_own),
+        cmocka_unit_test(test_bad_query_values_name_the_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
