@@ -575,6 +575,7 @@ static int load_env_key(us_config *cfg, load_state *st, const key_desc *k, char 
                         "config key '%s' in the file and environment variable %s (config key "
                         "'%s') are the same setting in two spellings: use one spelling",
                         o->file, var, spelling);
+        spelling = o->file; /* A variable both spellings share: keep naming the file's. */
     }
     o->env = spelling;
     key_desc as_given = *k;

@@ -550,6 +550,12 @@ static void test_shared_variable_overrides_either_spelling(void **state)
                      0);
     assert_string_equal(cfg.user_status.redis_address.items[0], "env:1");
     us_config_free(&cfg);
+
+    /* Errors about the setting keep naming it as the file spells it. */
+    const char *e = load_env_error("{\"engine\": \"redis\", \"user_status\": {\"redis\":"
+                                   " {\"reuse_from_engine\": true, \"address\": \"f:1\"}}}",
+                                   envp);
+    assert_non_null(strstr(e, "'user_status.redis.address': not allowed"));
 }
 
 static void test_one_setting_in_two_environment_variables_is_refused(void **state)
