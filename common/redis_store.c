@@ -65,6 +65,7 @@ struct us_redis {
     int64_t expire_ms;
     struct timeval connect_tv, io_tv;
     char user[128], password[256]; /* For nodes whose address carries no credentials. */
+    int db;                        /* For data nodes whose address names no database. */
     int wait_replicas;             /* WAIT for this many replicas after writes (0: don't). */
     int64_t wait_timeout_ms;
 
@@ -317,6 +318,7 @@ static uint16_t node_find_or_add(us_redis *r, const char *host, int port)
     memset(n, 0, sizeof(*n));
     snprintf(n->addr.host, sizeof(n->addr.host), "%s", host);
     n->addr.port = port;
+    n->addr.db = r->db; /* Cluster nodes: 0, which the config enforces. */
     apply_default_auth(&n->addr, r->user, r->password);
     return (uint16_t)r->nnodes++;
 }
@@ -423,14 +425,17 @@ static int cluster_refresh(us_redis *r, char *err, size_t errlen)
  * Set-up.
  * ------------------------------------------------------------------------------------------ */
 
+/* Parses a list of addresses; those without credentials get user/password, those naming no
+ * database (or database 0) get db. */
 static int parse_list(const us_strlist *l, us_redis_addr **out, char *err, size_t errlen,
-                      const char *user, const char *password)
+                      const char *user, const char *password, int db)
 {
     *out = calloc(l->count ? l->count : 1, sizeof(us_redis_addr));
     if (!*out) abort();
     for (size_t i = 0; i < l->count; i++) {
         if (us_redis_addr_parse(l->items[i], &(*out)[i], err, errlen) != 0) return -1;
         apply_default_auth(&(*out)[i], user, password);
+        if ((*out)[i].db == 0) (*out)[i].db = db;
     }
     return 0;
 }
@@ -448,12 +453,14 @@ us_redis *us_redis_new(const us_config *cfg, char *err, size_t errlen)
     r->io_tv = ms_to_tv(us->redis_io_timeout_ms);
     snprintf(r->user, sizeof(r->user), "%s", us->redis_user);
     snprintf(r->password, sizeof(r->password), "%s", us->redis_password);
+    r->db = us->redis_db;
     r->wait_replicas = us->redis_wait_replicas;
     r->wait_timeout_ms = us->redis_wait_timeout_ms;
 
     if (us->redis_cluster_address.count > 0) {
         r->topo = TOPO_CLUSTER;
-        if (parse_list(&us->redis_cluster_address, &r->seeds, err, errlen, r->user, r->password))
+        if (parse_list(&us->redis_cluster_address, &r->seeds, err, errlen, r->user, r->password,
+                       0))
             goto fail;
         r->nseeds = us->redis_cluster_address.count;
         for (size_t i = 0; i < r->nseeds; i++)
@@ -471,7 +478,7 @@ us_redis *us_redis_new(const us_config *cfg, char *err, size_t errlen)
     } else if (us->redis_sentinel_address.count > 0) {
         r->topo = TOPO_SENTINEL;
         if (parse_list(&us->redis_sentinel_address, &r->seeds, err, errlen,
-                       us->redis_sentinel_user, us->redis_sentinel_password))
+                       us->redis_sentinel_user, us->redis_sentinel_password, 0))
             goto fail;
         r->nseeds = us->redis_sentinel_address.count;
         r->master_name = strdup(us->redis_sentinel_master_name);
@@ -485,7 +492,7 @@ us_redis *us_redis_new(const us_config *cfg, char *err, size_t errlen)
             goto fail;
         }
         us_redis_addr *list;
-        int rc = parse_list(addrs, &list, err, errlen, r->user, r->password);
+        int rc = parse_list(addrs, &list, err, errlen, r->user, r->password, r->db);
         if (rc == 0) {
             r->nodes = calloc(addrs->count, sizeof(node));
             if (!r->nodes) abort();
@@ -643,15 +650,19 @@ static int run_op(us_redis *r, const store_op *op, char *err, size_t errlen)
             const us_user_ref *u = op->user(op->ctx, i, &tmp);
             int klen = us_redis_key(r->prefix, u->user, u->len, key, sizeof(key));
             if (klen < 0) {
-                snprintf(err, errlen, "redis key for user '%.*s' is too long", (int)u->len, u->user);
+                char shown[US_LOG_ESCAPE_CAP]; /* err ends up in a log line. */
+                snprintf(err, errlen, "redis key for user '%s' is too long",
+                         us_log_escape(u->user, u->len, shown, sizeof(shown)));
                 close_all(r);
                 return -1;
             }
             plan *p = &r->plans[i];
             uint16_t idx = p->ask_node != NO_NODE ? p->ask_node : route(r, u, key, (size_t)klen);
             if (idx == NO_NODE || idx >= r->nnodes) {
-                snprintf(err, errlen, "redis cluster: no master serves slot %u (key '%.*s')",
-                         us_cluster_slot(key, (size_t)klen), klen, key);
+                char shown[US_LOG_ESCAPE_CAP]; /* err ends up in a log line. */
+                snprintf(err, errlen, "redis cluster: no master serves slot %u (key '%s')",
+                         us_cluster_slot(key, (size_t)klen),
+                         us_log_escape(key, (size_t)klen, shown, sizeof(shown)));
                 r->refresh_needed = 1;
                 close_all(r);
                 return -1;

@@ -69,6 +69,7 @@ struct us_api {
     us_reader *reader;
     us_proxy *proxy;
     struct MHD_Daemon *daemon;
+    us_admin_http *metrics_http; /* query.metrics_port's listener, or NULL. */
     _Atomic int suspended; /* Requests suspended and not yet answered. */
     us_metric *m_requests, *m_unauthorized, *m_malformed, *m_too_large, *m_get, *m_update,
         *m_delete, *m_err100, *m_err104, *m_err107, *m_err108;
@@ -146,9 +147,9 @@ static void command_init(us_api *api, us_cmd *c, const char *method, size_t meth
 {
     us_cmd_kind kind = us_cmd_kind_of(method, method_len);
     if (kind == US_CMD_NONE) {
-        char d[US_CMD_REASON_MAX];
-        snprintf(d, sizeof(d), "unknown method '%.*s'", (int)(method_len > 64 ? 64 : method_len),
-                 method);
+        char d[US_CMD_REASON_MAX], shown[US_LOG_ESCAPE_CAP];
+        snprintf(d, sizeof(d), "unknown method '%s'",
+                 us_log_escape(method, method_len, shown, sizeof(shown)));
         us_cmd_fail(c, US_ERR_METHOD_NOT_FOUND, d);
         return;
     }
@@ -203,9 +204,9 @@ static us_call *batch_call(us_api *api, json_t *doc, char *err, size_t errlen)
         return NULL;
     }
     size_t n = json_array_size(list);
-    if (n > (size_t)api->cfg->query.max_users_per_request) {
-        snprintf(err, errlen, "too many commands: %zu (limit query.max_users_per_request = %d)", n,
-                 api->cfg->query.max_users_per_request);
+    if (n > (size_t)api->cfg->query.max_batch_commands) {
+        snprintf(err, errlen, "too many commands: %zu (limit query.max_batch_commands = %d)", n,
+                 api->cfg->query.max_batch_commands);
         return NULL;
     }
     if (n == 0) {
@@ -373,11 +374,6 @@ static void resume_request(us_call *call, void *arg)
     MHD_resume_connection(req->conn);
 }
 
-static int64_t request_timeout_ms(const us_config *cfg)
-{
-    return cfg->kafka.produce_timeout_ms + 1000;
-}
-
 /* Runs an /api/ request whose body is complete. method is NULL for Centrifugo v4's /api, which
  * names it in the body. */
 static enum MHD_Result start_api(request *req, const char *method)
@@ -409,8 +405,8 @@ static enum MHD_Result start_api(request *req, const char *method)
             req->call = request_call(req, json_string_value(m), json_string_length(m), params);
         }
     }
-    if (us_call_start(req->call, request_timeout_ms(api->cfg), resume_request, suspend_request,
-                      req))
+    if (us_call_start(req->call, api->cfg->query.request_timeout_ms, resume_request,
+                      suspend_request, req))
         return finish(req);
     return MHD_YES; /* Suspended; handled again when resumed. */
 }
@@ -423,18 +419,53 @@ static route route_of(const char *url)
     return ROUTE_OTHER;
 }
 
-static enum MHD_Result send_health(us_api *api, struct MHD_Connection *conn)
+/* The service's readiness, from state kept by the producer and the reader (never a Redis call):
+ * 1 with msg "{"status":"ok"}", or 0 with the reason. Also the separate metrics listener's
+ * health function. */
+static int health(void *arg, char *msg, size_t msglen)
 {
-    char err[256], msg[320];
+    us_api *api = arg;
+    char err[256];
     if (!us_producer_ready(api->producer)) {
-        snprintf(msg, sizeof(msg), "starting: Kafka topic metadata not known yet\n");
-        return send_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, msg);
+        snprintf(msg, msglen, "starting: Kafka topic metadata not known yet");
+        return 0;
     }
     if (us_reader_health(api->reader, err, sizeof(err)) != 0) {
-        snprintf(msg, sizeof(msg), "unhealthy: Redis: %s\n", err);
-        return send_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, msg);
+        snprintf(msg, msglen, "unhealthy: Redis: %s", err);
+        return 0;
     }
-    return send_text(conn, MHD_HTTP_OK, "{\"status\":\"ok\"}\n");
+    snprintf(msg, msglen, "{\"status\":\"ok\"}");
+    return 1;
+}
+
+static enum MHD_Result send_health(us_api *api, struct MHD_Connection *conn)
+{
+    char msg[320];
+    int ok = health(api, msg, sizeof(msg) - 1);
+    strcat(msg, "\n");
+    return send_text(conn, ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, msg);
+}
+
+/* GET /metrics on the API port, as query.metrics_* say (docs/choices.md, "Metrics"). */
+static enum MHD_Result send_metrics(us_api *api, struct MHD_Connection *conn)
+{
+    switch (us_api_metrics_mode(api->cfg)) {
+    case US_API_METRICS_ELSEWHERE:
+        return send_text(conn, MHD_HTTP_NOT_FOUND,
+                         "not found (/metrics is served on query.metrics_port)\n");
+    case US_API_METRICS_KEY:
+        if (!api_key_authorized(api->cfg, conn)) {
+            us_metric_add(api->m_unauthorized, 1);
+            return send_buffer(conn, MHD_HTTP_UNAUTHORIZED, NULL, 0, NULL, NULL);
+        }
+        break;
+    case US_API_METRICS_OPEN:
+        break;
+    }
+    struct MHD_Response *resp = us_admin_metrics_response();
+    enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return rc;
 }
 
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url,
@@ -500,12 +531,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     if (req->route == ROUTE_PROXY)
         return us_proxy_handle(api->proxy, conn, url, method, req->body, req->len, req->too_large,
                                &req->proxy_state);
-    if (strcmp(method, "GET") == 0 && strcmp(url, "/metrics") == 0) {
-        struct MHD_Response *resp = us_admin_metrics_response();
-        enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, resp);
-        MHD_destroy_response(resp);
-        return rc;
-    }
+    if (strcmp(method, "GET") == 0 && strcmp(url, "/metrics") == 0) return send_metrics(api, conn);
     if (strcmp(method, "GET") == 0 && strcmp(url, "/health") == 0) return send_health(api, conn);
     return send_text(conn, MHD_HTTP_NOT_FOUND, "not found\n");
 }
@@ -586,7 +612,21 @@ us_api *us_api_start(const us_config *cfg, us_core *core, us_producer *producer,
         us_api_stop(api);
         return NULL;
     }
-    us_info("serving the HTTP API on %s:%d with %u threads", cfg->address, cfg->port, threads);
+    if (cfg->query.metrics_port) {
+        api->metrics_http = us_admin_http_start(cfg->query.metrics_address,
+                                                cfg->query.metrics_port, health, api, err, errlen);
+        if (!api->metrics_http) {
+            us_api_stop(api);
+            return NULL;
+        }
+    }
+    static const char *const modes[] = {
+        [US_API_METRICS_OPEN] = "on the API port, without a key",
+        [US_API_METRICS_KEY] = "on the API port, with the API key (query.metrics_require_key)",
+        [US_API_METRICS_ELSEWHERE] = "on query.metrics_address:query.metrics_port only",
+    };
+    us_info("serving the HTTP API on %s:%d with %u threads; /metrics %s", cfg->address, cfg->port,
+            threads, modes[us_api_metrics_mode(cfg)]);
     return api;
 }
 
@@ -608,6 +648,7 @@ void us_api_stop(us_api *api)
                     "are closed", atomic_load(&api->suspended));
         MHD_stop_daemon(api->daemon);
     }
+    us_admin_http_stop(api->metrics_http);
     us_proxy_free(api->proxy);
     free(api);
 }
