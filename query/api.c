@@ -510,6 +510,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     if (req->suspended) { /* Resumed: the call is complete. */
         req->suspended = 0;
         atomic_fetch_sub(&api->suspended, 1);
+        if (req->route == ROUTE_PROXY)
+            return us_proxy_handle(api->proxy, conn, url, method, NULL, 0, 0, &req->proxy_state);
         return finish(req);
     }
 
@@ -528,9 +530,15 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         }
         return start_api(req, req->route == ROUTE_API ? url + strlen(API_PREFIX) : NULL);
     }
-    if (req->route == ROUTE_PROXY)
-        return us_proxy_handle(api->proxy, conn, url, method, req->body, req->len, req->too_large,
-                               &req->proxy_state);
+    if (req->route == ROUTE_PROXY) {
+        enum MHD_Result rc = us_proxy_handle(api->proxy, conn, url, method, req->body, req->len,
+                                             req->too_large, &req->proxy_state);
+        if (req->proxy_state) { /* Suspended until its call completes: counted for us_api_stop. */
+            req->suspended = 1;
+            atomic_fetch_add(&api->suspended, 1);
+        }
+        return rc;
+    }
     if (strcmp(method, "GET") == 0 && strcmp(url, "/metrics") == 0) return send_metrics(api, conn);
     if (strcmp(method, "GET") == 0 && strcmp(url, "/health") == 0) return send_health(api, conn);
     return send_text(conn, MHD_HTTP_NOT_FOUND, "not found\n");

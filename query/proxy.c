@@ -43,7 +43,6 @@ typedef struct pending {
     json_t *doc; /* The request's JSON, which the call's user and state point into. */
     us_call *call;
     us_debounce_claim_t claim;
-    int suspended;
 } pending;
 
 struct us_proxy {
@@ -203,7 +202,6 @@ static void pending_free(pending *pd)
 static void suspend_pending(void *arg)
 {
     pending *pd = arg;
-    pd->suspended = 1;
     MHD_suspend_connection(pd->conn);
 }
 

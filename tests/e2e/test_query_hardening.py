@@ -156,3 +156,29 @@ def test_crafted_hash_collision_does_not_suppress_another_users_event(ns):
     assert json_200(proxy(q.url, "rpc", rpc_body(a))) == {"result": {}}  # a real repeat
     assert metric(q.url, "userstatus_query_proxy_debounced_total") == 1
     assert metric(q.url, 'userstatus_query_proxy_events_acknowledged_total{type="active"}') == 2
+
+
+def test_metrics_are_open_on_the_api_port_by_default(ns):
+    q = ns.start_query(ns.config())
+    r = requests.get(q.url + "/metrics", timeout=5)
+    assert r.status_code == 200 and "userstatus_query_http_requests_total" in r.text
+
+
+def test_metrics_require_the_api_key_when_configured(ns):
+    q = ns.start_query(ns.config(query={"metrics_require_key": True}))
+    assert requests.get(q.url + "/metrics", timeout=5).status_code == 401
+    r = requests.get(q.url + "/metrics", headers={"X-API-Key": API_KEY}, timeout=5)
+    assert r.status_code == 200 and "userstatus_query_http_requests_total" in r.text
+    r = requests.get(q.url + "/metrics", headers={"Authorization": "apikey " + API_KEY}, timeout=5)
+    assert r.status_code == 200
+    assert requests.get(q.url + "/health", timeout=5).status_code == 200  # probes need no key
+
+
+def test_metrics_on_a_listener_of_their_own(ns):
+    port = free_port()
+    q = ns.start_query(ns.config(query={"metrics_port": port}))
+    assert requests.get(q.url + "/metrics", timeout=5).status_code == 404
+    r = requests.get("http://127.0.0.1:%d/metrics" % port, timeout=5)
+    assert r.status_code == 200 and "userstatus_query_http_requests_total" in r.text
+    r = requests.get("http://127.0.0.1:%d/health" % port, timeout=5)
+    assert r.status_code == 200
