@@ -4,10 +4,11 @@
  *   e.g.   producer 127.0.0.1:9092 user_status active 42 dnd
  *
  * The value is the msgpack map of schemas/events.md: {"type", "user", "time" (Unix ms), "state"
- * (optional), "v": 1}. The message key is the user id and the partitioner is murmur2_random (the Java
- * client's), so every producer, in any language, puts one user's events on the same partition. The
- * program waits for the broker's acknowledgement (acks=all, idempotent producer) and exits 0 only when
- * the event was stored. Recognisable from librdkafka's examples/producer.c, on purpose. */
+ * (optional), "v": 1}. The message key is the user id and the partitioner is murmur2_random (the
+ * Java client's), so every producer, in any language, puts one user's events on the same partition.
+ * The program waits for the broker's acknowledgement (acks=all, idempotent producer) and exits 0
+ * only when the event was stored. Recognisable from librdkafka's examples/producer.c, on purpose.
+ */
 #include <errno.h>
 #include <librdkafka/rdkafka.h>
 #include <msgpack.h>
@@ -17,8 +18,10 @@
 #include <string.h>
 #include <sys/time.h>
 
-#define MESSAGE_TIMEOUT_MS "10000" /* Milliseconds librdkafka keeps retrying before it fails the event. */
-#define FLUSH_TIMEOUT_MS 15000     /* Milliseconds to wait for the delivery report (longer than that). */
+/* Milliseconds librdkafka keeps retrying before it fails the event. */
+#define MESSAGE_TIMEOUT_MS "10000"
+/* Milliseconds to wait for the delivery report (longer than the above). */
+#define FLUSH_TIMEOUT_MS 15000
 
 static int delivered; /* 1 when the delivery report said the broker stored the event. */
 
@@ -28,8 +31,8 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
         fprintf(stderr, "delivery failed: %s\n", rd_kafka_err2str(m->err));
         return;
     }
-    fprintf(stderr, "delivered to %s [%d] at offset %lld\n", rd_kafka_topic_name(m->rkt), (int)m->partition,
-            (long long)m->offset);
+    fprintf(stderr, "delivered to %s [%d] at offset %lld\n", rd_kafka_topic_name(m->rkt),
+            (int)m->partition, (long long)m->offset);
     delivered = 1;
 }
 
@@ -60,8 +63,10 @@ static int set(rd_kafka_conf_t *conf, const char *name, const char *value)
 int main(int argc, char **argv)
 {
     if (argc < 5 || argc > 7) {
-        fprintf(stderr, "usage: %s BROKERS TOPIC TYPE USER [STATE|- [TIME_MS]]\n"
-                        "  TYPE: active | online | delete; STATE '-' sends no state\n", argv[0]);
+        fprintf(stderr,
+                "usage: %s BROKERS TOPIC TYPE USER [STATE|- [TIME_MS]]\n"
+                "  TYPE: active | online | delete; STATE '-' sends no state\n",
+                argv[0]);
         return 2;
     }
     const char *brokers = argv[1], *topic = argv[2], *type = argv[3], *user = argv[4];
@@ -113,9 +118,10 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    rd_kafka_resp_err_t e = rd_kafka_producev(
-        rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(user, strlen(user)),
-        RD_KAFKA_V_VALUE(sbuf.data, sbuf.size), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+    rd_kafka_resp_err_t e =
+        rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(user, strlen(user)),
+                          RD_KAFKA_V_VALUE(sbuf.data, sbuf.size),
+                          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
     msgpack_sbuffer_destroy(&sbuf);
     if (e) {
         fprintf(stderr, "cannot produce to %s: %s\n", topic, rd_kafka_err2str(e));
