@@ -40,7 +40,7 @@ endforeach()
 install(FILES ${PROJECT_SOURCE_DIR}/packaging/config.json DESTINATION ${US_CONFIG_DEST}
         PERMISSIONS OWNER_READ OWNER_WRITE)
 
-install(FILES README.md schemas/events.md schemas/openapi.yaml docs/choices.md docs/metrics.md
+install(FILES README.md schemas/events.md schemas/openapi.yaml docs/choices.md docs/metrics.md docs/install.md
         DESTINATION ${CMAKE_INSTALL_DOCDIR})
 install(DIRECTORY schemas/examples/ DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples FILES_MATCHING PATTERN "*.json")
 install(DIRECTORY deploy/ DESTINATION ${CMAKE_INSTALL_DATADIR}/userstatus/deploy)
