@@ -27,6 +27,8 @@ static int delivered; /* 1 when the delivery report said the broker stored the e
 
 static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
+    (void)rk;
+    (void)opaque;
     if (m->err) {
         fprintf(stderr, "delivery failed: %s\n", rd_kafka_err2str(m->err));
         return;
