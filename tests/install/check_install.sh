@@ -35,9 +35,14 @@ check_units() {
     local root="$SCRATCH/root" out unit
     DESTDIR="$root" cmake --install "$BUILD" >/dev/null
     # verify --root resolves the units' dependencies (sysinit.target, ...) inside the root: give it
-    # the system's own unit directory, as an installed system has.
-    mkdir -p "$root/usr/lib/systemd"
-    cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
+    # the system's own unit directories, as an installed system has (both, for a system without
+    # merged /usr).
+    local d
+    for d in /usr/lib/systemd/system /lib/systemd/system; do
+        [[ -d "$d" ]] || continue
+        mkdir -p "$root$d"
+        cp -a "$d/." "$root$d/"
+    done
     for unit in "${UNITS[@]}"; do
         [[ -f "$root$UNIT_DIR/$unit" ]] || fail "$UNIT_DIR/$unit not installed"
         out="$(systemd-analyze verify --man=no --root="$root" "$root$UNIT_DIR/$unit" 2>&1)" \
