@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import msgpack
@@ -217,19 +218,38 @@ def test_example_producer_sets_exact_statuses(lang, ns, stack):
     ], key=lambda e: (e["user"], e["type"]))
 
 
+def kcat_readme_line():
+    """The kcat command of examples/producers/README.md, exactly as documented."""
+    for line in (EXAMPLES / "README.md").read_text().splitlines():
+        if line.startswith("printf ") and "| kcat -P" in line:
+            return line
+    raise AssertionError("no `printf ... | kcat -P ...` line in examples/producers/README.md")
+
+
 def test_kcat_one_liner(ns, stack):
-    """The kcat line of examples/producers/README.md: an event without `time` (the broker's timestamp
-    counts), murmur2_random partitioning."""
+    """The kcat line of examples/producers/README.md, run as documented (broker and topic replaced):
+    an event without `time` (the broker's timestamp counts), murmur2_random partitioning. User 42
+    lands on the same partition with librdkafka's default (CRC32) partitioner, so the same command
+    also sends user alice, for whom the two partitioners differ."""
     if shutil.which("kcat") is None:
         pytest.skip("kcat not found (Debian package kcat; scripts/deps.sh installs it)")
     w, q = stack
+    line = kcat_readme_line().replace("127.0.0.1:9092", KAFKA).replace("-t user_status", "-t " + ns.topic)
+    assert KAFKA in line and ns.topic in line, line
+    alice = line.replace(r"42\t", r"alice\t").replace(r"\xa242", r"\xa5alice")
+    assert alice != line
     before = int(time.time())
-    value = b"\x83\xa4type\xa6active\xa4user\xa242\xa1v\x01"  # {"type":"active","user":"42","v":1}
-    r = subprocess.run(["kcat", "-P", "-b", KAFKA, "-t", ns.topic, "-K", "\t", "-X", "partitioner=murmur2_random"],
-                       input=b"42\t" + value + b"\n", capture_output=True, timeout=RUN_TIMEOUT)
-    assert r.returncode == 0, r.stderr
-    st = wait_until(lambda: (lambda s: s if "active" in s else None)(statuses(q.url, ["42"])[0]),
-                    what="kcat's event applied")
-    assert set(st) == {"user", "active"} and before <= st["active"] <= int(time.time()), st
-    msgs = consume_all(ns.topic, 1)
-    assert [(m["key"], m["value"], m["partition"]) for m in msgs] == [(b"42", value, murmur2_partition(b"42", PARTITIONS))]
+    for cmd in (line, alice):
+        r = subprocess.run(["bash", "-c", cmd], capture_output=True, timeout=RUN_TIMEOUT)
+        assert r.returncode == 0, (cmd, r.stderr)
+    got = wait_until(lambda: (lambda s: s if all("active" in x for x in s) else None)(
+        statuses(q.url, ["42", "alice"])), what="kcat's events applied")
+    after = int(time.time())
+    for st in got:
+        assert set(st) == {"user", "active"} and before <= st["active"] <= after, got
+    msgs = consume_all(ns.topic, 2)
+    assert sorted((m["key"], msgpack.unpackb(m["value"]), m["partition"]) for m in msgs) == [
+        (b"42", {"type": "active", "user": "42", "v": 1}, murmur2_partition(b"42", PARTITIONS)),
+        (b"alice", {"type": "active", "user": "alice", "v": 1}, murmur2_partition(b"alice", PARTITIONS)),
+    ]
+    assert murmur2_partition(b"alice", PARTITIONS) != zlib.crc32(b"alice") % PARTITIONS
