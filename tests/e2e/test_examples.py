@@ -155,7 +155,13 @@ BUILDERS = {"c": build_c, "python": build_python, "java": build_java, "go": buil
 # the scenario every example must pass
 
 
+def child_env_no_us():
+    """The test's environment without USERSTATUS_* (configuration overrides of our programs)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("USERSTATUS_")}
+
+
 def produce(cmd, topic, type_, user, state=None, time_ms=None):
+    """Runs one example: `cmd BROKERS TOPIC TYPE USER [STATE|- [TIME_MS]]`; it must exit 0 (acked)."""
     argv = cmd + [KAFKA, topic, type_, user]
     if state is not None or time_ms is not None:
         argv.append("-" if state is None else state)
@@ -163,10 +169,6 @@ def produce(cmd, topic, type_, user, state=None, time_ms=None):
         argv.append(str(time_ms))
     r = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, env=child_env_no_us())
     assert r.returncode == 0, "%s exited %d:\n%s\n%s" % (" ".join(argv), r.returncode, r.stdout, r.stderr)
-
-
-def child_env_no_us():
-    return {k: v for k, v in os.environ.items() if not k.startswith("USERSTATUS_")}
 
 
 def dead_lettered(worker):

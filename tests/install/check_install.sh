@@ -67,7 +67,7 @@ check_deb() {
     local dir="$SCRATCH/out" root="$SCRATCH/root" deb list f out
     (cd "$BUILD" && cpack -G DEB -B "$dir" >"$SCRATCH/cpack.log" 2>&1) \
         || { cat "$SCRATCH/cpack.log" >&2; fail "cpack -G DEB failed"; }
-    deb="$(ls "$dir"/userstatus_*.deb 2>/dev/null | head -n1)"
+    deb="$(find "$dir" -maxdepth 1 -name "userstatus_*.deb" | head -n1)"
     [[ -n "$deb" ]] || fail "cpack made no userstatus_*.deb in $dir"
     echo "ok: $(basename "$deb")"
 
