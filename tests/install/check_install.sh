@@ -108,7 +108,22 @@ check_deb() {
         fail "userstatus-query accepted the shipped config without an api_key"
     fi
     grep -q "api_key" <<<"$msg" || fail "userstatus-query's refusal does not name api_key: $msg"
-    echo "ok: unpacked programs run (--help, --check-config)"
+    # The units' own command lines (ExecStart=) are accepted by the programs: the worker's with its
+    # instance name as the metrics port, the query's with a config that has an API key.
+    local unit cfg words line
+    for unit in userstatus-worker@.service userstatus-query.service; do
+        cfg="$root$etc/config.json"
+        [[ $unit == userstatus-query.service ]] && cfg="$root$PREFIX/share/doc/userstatus/examples/minimal.json"
+        line="$(sed -n 's/^ExecStart=//p' "$root$UNIT_DIR/$unit")"
+        [[ -n "$line" ]] || fail "$unit has no ExecStart="
+        line="${line//%i/9101}"
+        # shellcheck disable=SC2016  # the unit's literal text, expanded by systemd, not here
+        line="${line//'${CREDENTIALS_DIRECTORY}'\/config.json/$cfg}"
+        read -r -a words <<<"$line"
+        words[0]="$root${words[0]}"
+        "${words[@]}" --check-config || fail "$unit: '$line --check-config' refused"
+    done
+    echo "ok: unpacked programs run (--help, --check-config, the units' command lines)"
 }
 
 case "$MODE" in
