@@ -213,7 +213,7 @@ static us_call *batch_call(us_api *api, json_t *doc, char *err, size_t errlen)
         snprintf(err, errlen, "'commands' is empty");
         return NULL;
     }
-    us_call *call = us_call_new(api->core, n);
+    us_call *call = us_call_new(api->core, n, US_TRANSPORT_HTTP);
     for (size_t i = 0; i < n; i++)
         batch_command_init(api, us_call_cmd(call, i), json_array_get(list, i));
     return call;
@@ -230,11 +230,11 @@ static us_call *request_call(request *req, const char *method, size_t method_len
             req->batch = 1;
             return call;
         }
-        call = us_call_new(api->core, 1);
+        call = us_call_new(api->core, 1, US_TRANSPORT_HTTP);
         us_cmd_fail(us_call_cmd(call, 0), US_ERR_BAD_REQUEST, err);
         return call;
     }
-    us_call *call = us_call_new(api->core, 1);
+    us_call *call = us_call_new(api->core, 1, US_TRANSPORT_HTTP);
     command_init(api, us_call_cmd(call, 0), method, method_len, params);
     return call;
 }
@@ -393,7 +393,7 @@ static enum MHD_Result start_api(request *req, const char *method)
     } else {
         json_t *m = json_is_object(req->doc) ? json_object_get(req->doc, "method") : NULL;
         if (!json_is_string(m)) {
-            req->call = us_call_new(api->core, 1);
+            req->call = us_call_new(api->core, 1, US_TRANSPORT_HTTP);
             us_cmd_fail(us_call_cmd(req->call, 0), US_ERR_BAD_REQUEST,
                         "body must be {\"method\":\"<method>\",\"params\":{...}}");
         } else {
