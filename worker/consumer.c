@@ -20,6 +20,7 @@
 #include "worker.h"
 
 #include "admin_http.h"
+#include "clock.h"
 #include "coalesce.h"
 #include "event.h"
 #include "kafka.h"
@@ -32,7 +33,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define POLL_IDLE_MS 100          /* Poll timeout while no batch is in hand. */
@@ -86,23 +86,10 @@ typedef struct worker {
         *m_rebalances, *m_partitions, *m_kafka_errors, *m_last_batch_ms;
 } worker;
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int64_t ms)
-{
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
 /* Sleeps for the current backoff, then doubles it (bounded). Wakes early on shutdown. */
 static void backoff(worker *w, int64_t *delay_ms)
 {
-    for (int64_t slept = 0; slept < *delay_ms && !*w->stop; slept += 50) sleep_ms(50);
+    for (int64_t slept = 0; slept < *delay_ms && !*w->stop; slept += 50) us_sleep_ms(50);
     *delay_ms = *delay_ms * 2 > RETRY_BACKOFF_MAX_MS ? RETRY_BACKOFF_MAX_MS : *delay_ms * 2;
 }
 
@@ -232,7 +219,7 @@ static void store_offsets(worker *w)
 static void batch_finish(worker *w)
 {
     if (w->nmsgs == 0) return;
-    int64_t started = now_ms();
+    int64_t started = us_monotonic_ms();
     if (dlq_settle(w) != 0 || redis_settle(w) != 0) {
         us_warn("shutting down with a batch of %zu messages not fully written; their offsets are "
                 "not stored, so they will be consumed again",
@@ -245,7 +232,7 @@ static void batch_finish(worker *w)
     us_metric_add(w->m_dead, w->ndlq);
     us_metric_add(w->m_users, w->batch.count);
     us_metric_add(w->m_batches, 1);
-    us_metric_set(w->m_last_batch_ms, now_ms() - started);
+    us_metric_set(w->m_last_batch_ms, us_monotonic_ms() - started);
     us_debug("batch done: %zu messages, %zu users, %zu dead-lettered", w->nmsgs, w->batch.count,
              w->ndlq);
     batch_release(w);
@@ -262,7 +249,7 @@ static void batch_take(worker *w, rd_kafka_message_t *m)
     us_event_error err = us_event_decode(&w->decoder, m->payload, m->len, m->key, m->key_len, &ev,
                                          detail, sizeof(detail));
     if (err == US_EVENT_OK) {
-        int64_t now = now_ms(), t;
+        int64_t now = us_now_ms(), t;
         if (ev.has_time) {
             t = ev.time_ms;
         } else {
@@ -307,8 +294,8 @@ static void commit_offsets(worker *w)
  * dropped unstored: they are consumed again by whoever owns their partition next. */
 static int close_consumer(worker *w)
 {
-    int64_t deadline = now_ms() + CLOSE_TIMEOUT_MS;
-    while (!w->assigned_once && now_ms() < deadline) {
+    int64_t deadline = us_monotonic_ms() + CLOSE_TIMEOUT_MS;
+    while (!w->assigned_once && us_monotonic_ms() < deadline) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(w->consumer, 100);
         if (m) rd_kafka_message_destroy(m);
     }
@@ -323,8 +310,8 @@ static int close_consumer(worker *w)
         us_warn("closing the consumer: %s", rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
     }
-    deadline = now_ms() + CLOSE_TIMEOUT_MS;
-    while (!rd_kafka_consumer_closed(w->consumer) && now_ms() < deadline) {
+    deadline = us_monotonic_ms() + CLOSE_TIMEOUT_MS;
+    while (!rd_kafka_consumer_closed(w->consumer) && us_monotonic_ms() < deadline) {
         rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 100);
         if (!ev) continue;
         if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE)
