@@ -15,8 +15,24 @@
  * *lost* (the group evicted us), the batch is dropped without storing anything: the new owner reads
  * those messages again from the last commit.
  *
- * Redis failures are retried with exponential backoff forever (until shutdown): an event is never
- * dropped, offsets simply do not move until Redis is back. */
+ * Never write for a partition that may have moved
+ * -----------------------------------------------
+ * Redis and dead-letter failures are retried with exponential backoff, but a batch is retried for
+ * at most half of max.poll.interval.ms (the "write budget"), counted from the poll that ended it.
+ * The group evicts a member that has not polled for max.poll.interval.ms and hands its partitions
+ * to another; a stale batch written after the new owner's newer writes would undo them (DEL and
+ * state are last-writer-wins; only times are max-merged). So:
+ *   - no write attempt starts once the budget is spent, and none when librdkafka reports the
+ *     assignment lost (rd_kafka_assignment_lost);
+ *   - a batch whose budget ran out is *rewound*: dropped unstored, and every partition of it that
+ *     is still ours is seeked back to the batch's first offset of that partition; the loop then
+ *     polls again (keeping the membership alive, serving rebalances) and re-consumes the same
+ *     messages into a new batch, which gets a new budget.
+ * An event is therefore never dropped: while Redis is down the worker keeps its partitions and
+ * cycles through rewinds; offsets do not move until Redis is back. One write attempt must fit in
+ * the other half of max.poll.interval.ms (a warning at start says when the Redis timeouts make
+ * that doubtful). What this cannot fence: a worker cut off from the *brokers* (not Redis) loses
+ * its partitions after session.timeout.ms while it may still be writing; see docs/choices.md. */
 #include "worker.h"
 
 #include "admin_http.h"
@@ -40,6 +56,10 @@
 #define RETRY_BACKOFF_MAX_MS 2000 /* Longest wait between retries: bounds how long after Redis
                                    * comes back the worker resumes (design: within 5 s). */
 #define DLQ_FLUSH_SLICE_MS 500    /* rd_kafka_flush() slice while waiting for DLQ acks. */
+/* A batch is retried for at most max.poll.interval.ms / WRITE_BUDGET_DIVISOR (see the top). */
+#define WRITE_BUDGET_DIVISOR 2
+#define MAX_POLL_INTERVAL_DEFAULT_MS 300000 /* librdkafka's default max.poll.interval.ms. */
+#define SEEK_TIMEOUT_MS 0 /* Rewinds are asynchronous: the seek is a barrier on the local queue. */
 #define DLQ_MESSAGE_TIMEOUT_MS 30000
 #define TOPIC_CREATE_TIMEOUT_MS 10000
 #define CLOSE_TIMEOUT_MS 5000 /* Longest wait to leave the group cleanly at shutdown. */
@@ -77,13 +97,14 @@ typedef struct worker {
     dlq_entry *dlq_entries;
     size_t ndlq;
 
-    int assigned_once; /* The group has completed a rebalance with us in it. */
+    int assigned_once;       /* The group has completed a rebalance with us in it. */
+    int64_t write_budget_ms; /* Longest time a batch is retried before it is rewound. */
 
     _Atomic int redis_healthy;
     char redis_error[256];
 
     us_metric *m_applied, *m_dead, *m_batches, *m_users, *m_redis_errors, *m_dlq_errors,
-        *m_rebalances, *m_partitions, *m_kafka_errors, *m_last_batch_ms;
+        *m_rebalances, *m_partitions, *m_kafka_errors, *m_last_batch_ms, *m_rewinds;
 } worker;
 
 /* Sleeps for the current backoff, then doubles it (bounded). Wakes early on shutdown. */
@@ -91,6 +112,30 @@ static void backoff(worker *w, int64_t *delay_ms)
 {
     for (int64_t slept = 0; slept < *delay_ms && !*w->stop; slept += 50) us_sleep_ms(50);
     *delay_ms = *delay_ms * 2 > RETRY_BACKOFF_MAX_MS ? RETRY_BACKOFF_MAX_MS : *delay_ms * 2;
+}
+
+/* How waiting for a batch's acknowledgements ended. */
+typedef enum settle_result {
+    SETTLED,         /* Every write acknowledged. */
+    SETTLE_STOPPED,  /* Shutdown requested. */
+    SETTLE_GAVE_UP,  /* Write budget spent, or the partitions may no longer be ours. */
+} settle_result;
+
+/* Whether another attempt may start before deadline (monotonic ms): not when the group may have
+ * taken our partitions away. Logs why not. */
+static int may_write(worker *w, int64_t deadline, const char *what)
+{
+    if (rd_kafka_assignment_lost(w->consumer)) {
+        us_warn("%s: the group took our partitions away; not writing the batch", what);
+        return 0;
+    }
+    if (us_monotonic_ms() >= deadline) {
+        us_warn("%s: still failing after the write budget of %lld ms (half of "
+                "max.poll.interval.ms); rewinding the batch to consume it again",
+                what, (long long)w->write_budget_ms);
+        return 0;
+    }
+    return 1;
 }
 
 static void dlq_delivered(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
@@ -140,9 +185,9 @@ static int dlq_produce(worker *w, dlq_entry *e)
     return 0;
 }
 
-/* Waits until every dead-lettered message of the batch is acknowledged, re-producing failed ones.
- * Returns 0, or -1 when shutdown interrupted it. */
-static int dlq_settle(worker *w)
+/* Waits until every dead-lettered message of the batch is acknowledged, re-producing failed ones,
+ * until deadline (monotonic ms). */
+static settle_result dlq_settle(worker *w, int64_t deadline)
 {
     int64_t delay = RETRY_BACKOFF_MIN_MS;
     for (;;) {
@@ -153,8 +198,9 @@ static int dlq_settle(worker *w)
             pending += st == DLQ_PENDING;
             failed += st == DLQ_FAILED;
         }
-        if (pending == 0 && failed == 0) return 0;
-        if (*w->stop) return -1;
+        if (pending == 0 && failed == 0) return SETTLED;
+        if (*w->stop) return SETTLE_STOPPED;
+        if (!may_write(w, deadline, "dead-letter delivery")) return SETTLE_GAVE_UP;
         if (pending == 0) {
             backoff(w, &delay);
             for (size_t i = 0; i < w->ndlq; i++)
@@ -164,24 +210,27 @@ static int dlq_settle(worker *w)
     }
 }
 
-/* Writes the batch to Redis, retrying until success. Returns 0, or -1 on shutdown. */
-static int redis_settle(worker *w)
+/* Writes the batch to Redis, retrying until success or deadline (monotonic ms). */
+static settle_result redis_settle(worker *w, int64_t deadline)
 {
     int64_t delay = RETRY_BACKOFF_MIN_MS;
     char err[256];
-    while (us_redis_apply(w->redis, w->batch.updates, w->batch.count, err, sizeof(err)) != 0) {
+    for (;;) {
+        if (!may_write(w, deadline, "redis write")) return SETTLE_GAVE_UP;
+        if (us_redis_apply(w->redis, w->batch.updates, w->batch.count, err, sizeof(err)) == 0)
+            break;
         us_metric_add(w->m_redis_errors, 1);
         atomic_store(&w->redis_healthy, 0);
         snprintf(w->redis_error, sizeof(w->redis_error), "%s", err);
         us_error("redis write of %zu users failed: %s; retrying in %lld ms (offsets held)",
                  w->batch.count, err, (long long)delay);
-        if (*w->stop) return -1;
+        if (*w->stop) return SETTLE_STOPPED;
         backoff(w, &delay);
-        if (*w->stop) return -1;
+        if (*w->stop) return SETTLE_STOPPED;
     }
     if (!atomic_load(&w->redis_healthy)) us_info("redis writes succeed again");
     atomic_store(&w->redis_healthy, 1);
-    return 0;
+    return SETTLED;
 }
 
 static void batch_release(worker *w)
@@ -214,17 +263,95 @@ static void store_offsets(worker *w)
     rd_kafka_topic_partition_list_destroy(list);
 }
 
-/* Finishes the batch in hand: DLQ acks, Redis acks, then offsets. On shutdown before both acks
- * arrived, nothing is stored and the messages will be consumed again. */
-static void batch_finish(worker *w)
+/* The first offset of each partition in the batch (offset field), for rewinding. */
+static rd_kafka_topic_partition_list_t *batch_first_offsets(const worker *w)
+{
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(16);
+    for (size_t i = 0; i < w->nmsgs; i++) {
+        const rd_kafka_message_t *m = w->msgs[i];
+        rd_kafka_topic_partition_t *p = rd_kafka_topic_partition_list_find(
+            list, rd_kafka_topic_name(m->rkt), m->partition);
+        if (!p) {
+            p = rd_kafka_topic_partition_list_add(list, rd_kafka_topic_name(m->rkt), m->partition);
+            p->offset = m->offset;
+        } else if (m->offset < p->offset) {
+            p->offset = m->offset;
+        }
+    }
+    return list;
+}
+
+/* Drops the batch unstored and seeks each of its partitions that stays ours (assigned, not lost,
+ * not in revoking) back to the batch's first offset there, so that the next polls deliver the same
+ * messages again. revoking: the partitions being given up right now (NULL: none). */
+static void batch_rewind(worker *w, const rd_kafka_topic_partition_list_t *revoking)
+{
+    rd_kafka_topic_partition_list_t *first = batch_first_offsets(w), *assigned = NULL;
+    rd_kafka_topic_partition_list_t *seek = rd_kafka_topic_partition_list_new(first->cnt);
+    int lost = rd_kafka_assignment_lost(w->consumer);
+    if (!lost && rd_kafka_assignment(w->consumer, &assigned) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        for (int i = 0; i < first->cnt; i++) {
+            const rd_kafka_topic_partition_t *p = &first->elems[i];
+            if (!rd_kafka_topic_partition_list_find(assigned, p->topic, p->partition)) continue;
+            if (revoking && rd_kafka_topic_partition_list_find(
+                                (rd_kafka_topic_partition_list_t *)revoking, p->topic, p->partition))
+                continue;
+            rd_kafka_topic_partition_list_add(seek, p->topic, p->partition)->offset = p->offset;
+        }
+    }
+    if (assigned) rd_kafka_topic_partition_list_destroy(assigned);
+    us_warn("dropping a batch of %zu messages unwritten and unstored; %d of its %d partition(s) "
+            "rewound to consume it again%s",
+            w->nmsgs, seek->cnt, first->cnt,
+            lost ? " (none: the group took our partitions away)" : "");
+    if (seek->cnt > 0) {
+        rd_kafka_error_t *error = rd_kafka_seek_partitions(w->consumer, seek, SEEK_TIMEOUT_MS);
+        if (error) {
+            /* Not expected for assigned partitions. Without the seek the loop would go on past
+             * unwritten messages and store offsets over them: stop instead; the messages are
+             * consumed again by whoever owns the partitions next. */
+            us_error("rewinding %d partition(s) failed: %s; stopping so that no event is skipped",
+                     seek->cnt, rd_kafka_error_string(error));
+            rd_kafka_error_destroy(error);
+            *w->stop = 1;
+        } else {
+            for (int i = 0; i < seek->cnt; i++)
+                /* An asynchronous seek reports "in progress": queued, the barrier is set. */
+                if (seek->elems[i].err && seek->elems[i].err != RD_KAFKA_RESP_ERR__IN_PROGRESS) {
+                    us_error("rewinding %s[%d] to %lld failed: %s; stopping so that no event is "
+                             "skipped",
+                             seek->elems[i].topic, (int)seek->elems[i].partition,
+                             (long long)seek->elems[i].offset,
+                             rd_kafka_err2str(seek->elems[i].err));
+                    *w->stop = 1;
+                }
+        }
+    }
+    us_metric_add(w->m_rewinds, 1);
+    rd_kafka_topic_partition_list_destroy(seek);
+    rd_kafka_topic_partition_list_destroy(first);
+    batch_release(w);
+}
+
+/* Finishes the batch in hand: DLQ acks, Redis acks, then offsets, within the write budget. On
+ * shutdown before both acks arrived, nothing is stored and the messages will be consumed again;
+ * when the budget runs out, the batch is rewound (see the top). revoking: the partitions the
+ * rebalance callback is giving up (NULL outside it). */
+static void batch_finish(worker *w, const rd_kafka_topic_partition_list_t *revoking)
 {
     if (w->nmsgs == 0) return;
-    int64_t started = us_monotonic_ms();
-    if (dlq_settle(w) != 0 || redis_settle(w) != 0) {
+    int64_t started = us_monotonic_ms(), deadline = started + w->write_budget_ms;
+    settle_result r = dlq_settle(w, deadline);
+    if (r == SETTLED) r = redis_settle(w, deadline);
+    if (r == SETTLE_STOPPED) {
         us_warn("shutting down with a batch of %zu messages not fully written; their offsets are "
                 "not stored, so they will be consumed again",
                 w->nmsgs);
         batch_release(w);
+        return;
+    }
+    if (r == SETTLE_GAVE_UP) {
+        batch_rewind(w, revoking);
         return;
     }
     store_offsets(w);
@@ -351,7 +478,7 @@ static void rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                     parts->cnt, w->nmsgs);
             batch_release(w);
         } else {
-            batch_finish(w);
+            batch_finish(w, parts);
             commit_offsets(w);
             us_info("revoked %d partition(s) after draining in-flight writes", parts->cnt);
         }
@@ -404,6 +531,9 @@ static void register_metrics(worker *w)
                                         "Rebalance callbacks served.");
     w->m_partitions = us_metric_gauge("userstatus_worker_assigned_partitions",
                                       "Partitions currently assigned to this worker.");
+    w->m_rewinds = us_metric_counter("userstatus_worker_batches_rewound_total",
+                                     "Batches dropped unwritten after the write budget and "
+                                     "consumed again.");
     w->m_last_batch_ms = us_metric_gauge("userstatus_worker_last_batch_milliseconds",
                                          "Time to finish the last batch.");
 }
@@ -454,6 +584,30 @@ static rd_kafka_t *create_consumer(worker *w, char *err, size_t errlen)
     return rk;
 }
 
+/* Sets the write budget from the consumer's max.poll.interval.ms; warns when one Redis attempt
+ * (connect + I/O timeout) may not fit in the rest of the interval. */
+static void set_write_budget(worker *w)
+{
+    char value[32];
+    size_t len = sizeof(value);
+    int64_t interval = MAX_POLL_INTERVAL_DEFAULT_MS;
+    if (rd_kafka_conf_get(rd_kafka_conf(w->consumer), "max.poll.interval.ms", value, &len) ==
+        RD_KAFKA_CONF_OK)
+        interval = strtoll(value, NULL, 10);
+    w->write_budget_ms = interval / WRITE_BUDGET_DIVISOR;
+    int64_t attempt = w->cfg->user_status.redis_connect_timeout_ms +
+                      w->cfg->user_status.redis_io_timeout_ms +
+                      (w->cfg->user_status.redis_wait_replicas > 0
+                           ? w->cfg->user_status.redis_wait_timeout_ms
+                           : 0);
+    if (attempt >= interval - w->write_budget_ms)
+        us_warn("max.poll.interval.ms (%lld ms) leaves %lld ms for the last Redis write attempt of "
+                "a batch, which may take %lld ms (redis connect + io [+ wait] timeouts): raise "
+                "max.poll.interval.ms or lower the timeouts, or an evicted worker may still be "
+                "writing",
+                (long long)interval, (long long)(interval - w->write_budget_ms), (long long)attempt);
+}
+
 /* Creates the topics, retrying while the brokers are unreachable. Returns 0, or -1 on shutdown. */
 static int ensure_topics(worker *w)
 {
@@ -474,7 +628,7 @@ static void consume_loop(worker *w)
         rd_kafka_message_t *m =
             rd_kafka_consumer_poll(w->consumer, w->nmsgs == 0 ? POLL_IDLE_MS : 0);
         if (!m) {
-            batch_finish(w); /* The local queue is drained: write what we have. */
+            batch_finish(w, NULL); /* The local queue is drained: write what we have. */
             continue;
         }
         if (m->err) {
@@ -484,10 +638,10 @@ static void consume_loop(worker *w)
             continue;
         }
         batch_take(w, m);
-        if (w->nmsgs == (size_t)w->cfg->worker.batch_size) batch_finish(w);
+        if (w->nmsgs == (size_t)w->cfg->worker.batch_size) batch_finish(w, NULL);
         rd_kafka_poll(w->dlq, 0); /* Serve DLQ delivery reports. */
     }
-    batch_finish(w);
+    batch_finish(w, NULL);
 }
 
 int us_worker_run(const us_config *cfg, int metrics_port, volatile sig_atomic_t *stop)
@@ -520,6 +674,7 @@ int us_worker_run(const us_config *cfg, int metrics_port, volatile sig_atomic_t 
         us_error("%s", err);
         goto out;
     }
+    set_write_budget(&w);
     if (metrics_port > 0) {
         admin = us_admin_http_start(cfg->worker.metrics_address, metrics_port, health, &w, err,
                                     sizeof(err));
