@@ -35,6 +35,7 @@
  * its partitions after session.timeout.ms while it may still be writing; see docs/choices.md. */
 #include "worker.h"
 
+#include "acks.h"
 #include "admin_http.h"
 #include "clock.h"
 #include "coalesce.h"
@@ -73,14 +74,12 @@
 #define FETCH_MAX_BYTES "4194304"
 #define PARTITION_FETCH_MAX_BYTES "262144"
 
-typedef enum dlq_state { DLQ_PENDING, DLQ_DELIVERED, DLQ_FAILED } dlq_state;
-
-/* A message of the batch that goes to the dead-letter topic. */
+/* A message of the batch that goes to the dead-letter topic. Entry i's delivery state is entry
+ * i of worker.dlq_acks. */
 typedef struct dlq_entry {
     size_t msg; /* Index into worker.msgs. */
     us_event_error error;
     char detail[DETAIL_MAX];
-    _Atomic int state; /* dlq_state, written by the delivery report callback. */
 } dlq_entry;
 
 typedef struct worker {
@@ -96,6 +95,10 @@ typedef struct worker {
     size_t nmsgs;
     dlq_entry *dlq_entries;
     size_t ndlq;
+    /* Delivery states of dlq_entries, tagged with the batch generation: a report arriving after
+     * its batch was dropped (rewound, partitions lost) is ignored, never credited to the entry
+     * that reuses the slot. Reports run on this thread (rd_kafka_poll/flush of w->dlq). */
+    us_acks dlq_acks;
 
     int assigned_once;       /* The group has completed a rebalance with us in it. */
     int64_t write_budget_ms; /* Longest time a batch is retried before it is rewound. */
@@ -140,21 +143,23 @@ static int may_write(worker *w, int64_t deadline, const char *what)
 
 static void dlq_delivered(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
+    (void)rk;
     worker *w = opaque;
-    dlq_entry *e = m->_private;
     if (m->err) {
         us_error("dead-letter topic '%s': delivery failed: %s (will retry)",
                  w->cfg->kafka.dlq_topic, rd_kafka_err2str(m->err));
         us_metric_add(w->m_dlq_errors, 1);
-        atomic_store(&e->state, DLQ_FAILED);
-    } else {
-        atomic_store(&e->state, DLQ_DELIVERED);
     }
+    if (us_acks_report(&w->dlq_acks, m->_private, !m->err) != 0)
+        us_debug("dead-letter report for a message of a dropped batch (%s); ignored",
+                 m->err ? rd_kafka_err2str(m->err) : "delivered");
 }
 
-/* Produces one dead-letter message: original key, value and headers, plus ours saying why. */
-static int dlq_produce(worker *w, dlq_entry *e)
+/* Produces dead-letter entry i of the batch: original key, value and headers, plus ours saying
+ * why. */
+static int dlq_produce(worker *w, size_t i)
 {
+    const dlq_entry *e = &w->dlq_entries[i];
     const rd_kafka_message_t *m = w->msgs[e->msg];
     rd_kafka_headers_t *orig = NULL, *hdrs;
     if (rd_kafka_message_headers(m, &orig) == RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -170,14 +175,14 @@ static int dlq_produce(worker *w, dlq_entry *e)
     rd_kafka_header_add(hdrs, "userstatus-original-partition", -1, partition, -1);
     rd_kafka_header_add(hdrs, "userstatus-original-offset", -1, offset, -1);
 
-    atomic_store(&e->state, DLQ_PENDING);
+    void *token = us_acks_send(&w->dlq_acks, i);
     rd_kafka_resp_err_t err = rd_kafka_producev(
         w->dlq, RD_KAFKA_V_TOPIC(w->cfg->kafka.dlq_topic), RD_KAFKA_V_KEY(m->key, m->key_len),
         RD_KAFKA_V_VALUE(m->payload, m->len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-        RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(e), RD_KAFKA_V_END);
+        RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(token), RD_KAFKA_V_END);
     if (err) {
         rd_kafka_headers_destroy(hdrs);
-        atomic_store(&e->state, DLQ_FAILED);
+        us_acks_report(&w->dlq_acks, token, 0);
         us_error("dead-letter topic '%s': cannot queue message: %s", w->cfg->kafka.dlq_topic,
                  rd_kafka_err2str(err));
         return -1;
@@ -192,20 +197,15 @@ static settle_result dlq_settle(worker *w, int64_t deadline)
     int64_t delay = RETRY_BACKOFF_MIN_MS;
     for (;;) {
         rd_kafka_flush(w->dlq, DLQ_FLUSH_SLICE_MS);
-        size_t pending = 0, failed = 0;
-        for (size_t i = 0; i < w->ndlq; i++) {
-            int st = atomic_load(&w->dlq_entries[i].state);
-            pending += st == DLQ_PENDING;
-            failed += st == DLQ_FAILED;
-        }
+        size_t pending, failed;
+        us_acks_count(&w->dlq_acks, &pending, &failed);
         if (pending == 0 && failed == 0) return SETTLED;
         if (*w->stop) return SETTLE_STOPPED;
         if (!may_write(w, deadline, "dead-letter delivery")) return SETTLE_GAVE_UP;
         if (pending == 0) {
             backoff(w, &delay);
             for (size_t i = 0; i < w->ndlq; i++)
-                if (atomic_load(&w->dlq_entries[i].state) == DLQ_FAILED)
-                    dlq_produce(w, &w->dlq_entries[i]);
+                if (us_acks_state(&w->dlq_acks, i) == US_ACK_FAILED) dlq_produce(w, i);
         }
     }
 }
@@ -239,6 +239,7 @@ static void batch_release(worker *w)
     for (size_t i = 0; i < w->nmsgs; i++) rd_kafka_message_destroy(w->msgs[i]);
     w->nmsgs = 0;
     w->ndlq = 0;
+    us_acks_reset(&w->dlq_acks); /* Reports still outstanding for this batch become stale. */
 }
 
 /* Stores last offset + 1 of every partition in the batch. */
@@ -387,13 +388,14 @@ static void batch_take(worker *w, rd_kafka_message_t *m)
         us_batch_add(&w->batch, &ev, t / 1000); /* Cannot fail: users <= messages <= capacity. */
         return;
     }
+    size_t i = us_acks_add(&w->dlq_acks);
     dlq_entry *e = &w->dlq_entries[w->ndlq++];
     e->msg = idx;
     e->error = err;
     snprintf(e->detail, sizeof(e->detail), "%s", detail);
     us_warn("dead-lettering %s[%d]@%lld: %s: %s", rd_kafka_topic_name(m->rkt), (int)m->partition,
             (long long)m->offset, us_event_error_name(err), detail);
-    dlq_produce(w, e);
+    dlq_produce(w, i);
 }
 
 static void rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -661,7 +663,8 @@ int us_worker_run(const us_config *cfg, int metrics_port, volatile sig_atomic_t 
     size_t cap = (size_t)cfg->worker.batch_size;
     w.msgs = calloc(cap, sizeof(*w.msgs));
     w.dlq_entries = calloc(cap, sizeof(*w.dlq_entries));
-    if (!w.msgs || !w.dlq_entries || us_batch_init(&w.batch, cap) != 0) {
+    if (!w.msgs || !w.dlq_entries || us_acks_init(&w.dlq_acks, cap) != 0 ||
+        us_batch_init(&w.batch, cap) != 0) {
         us_error("out of memory for a batch of %zu messages", cap);
         goto out;
     }
@@ -727,6 +730,7 @@ out:
     us_event_decoder_destroy(&w.decoder);
     free(w.msgs);
     free(w.dlq_entries);
+    us_acks_free(&w.dlq_acks);
     us_metrics_free_all();
     return rc;
 }
