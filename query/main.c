@@ -5,19 +5,11 @@
 #include "log.h"
 #include "metrics.h"
 #include "producer.h"
+#include "signals.h"
 
-#include <signal.h>
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
-
-static volatile sig_atomic_t stop_requested;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_requested = 1;
-}
 
 static const us_cli_flag flags[] = {
     {"address", "address", "listen address"},
@@ -53,13 +45,12 @@ int main(int argc, char **argv, char **envp)
         us_warn("api_insecure is true: the API accepts requests WITHOUT an API key; never expose "
                 "this port beyond a trusted network");
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
+    /* Before any thread starts: the HTTP and Kafka threads inherit the blocked signals. */
+    if (us_signals_init() != 0) {
+        us_error("installing signal handlers: %s", strerror(errno));
+        us_config_free(&cfg);
+        return 1;
+    }
     char err[512];
     us_producer *producer = us_producer_new(&cfg, err, sizeof(err));
     us_api *api = producer ? us_api_start(&cfg, producer, err, sizeof(err)) : NULL;
@@ -70,7 +61,7 @@ int main(int argc, char **argv, char **envp)
         us_metrics_free_all();
         return 1;
     }
-    while (!stop_requested) pause();
+    while (!us_signals_stop_requested()) us_signals_wait(-1);
     us_info("shutting down");
     us_api_stop(api);
     us_producer_free(producer);

@@ -46,6 +46,7 @@
 #include "redis_store.h"
 
 #include <librdkafka/rdkafka.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,7 +104,9 @@ typedef struct worker {
     int assigned_once;       /* The group has completed a rebalance with us in it. */
     int64_t write_budget_ms; /* Longest time a batch is retried before it is rewound. */
 
+    /* Redis health, written by the consumer loop, read by /health on an HTTP thread. */
     _Atomic int redis_healthy;
+    pthread_mutex_t redis_error_lock; /* Guards redis_error. */
     char redis_error[256];
 
     us_metric *m_applied, *m_dead, *m_batches, *m_users, *m_redis_errors, *m_dlq_errors,
@@ -220,8 +223,10 @@ static settle_result redis_settle(worker *w, int64_t deadline)
         if (us_redis_apply(w->redis, w->batch.updates, w->batch.count, err, sizeof(err)) == 0)
             break;
         us_metric_add(w->m_redis_errors, 1);
-        atomic_store(&w->redis_healthy, 0);
+        pthread_mutex_lock(&w->redis_error_lock);
         snprintf(w->redis_error, sizeof(w->redis_error), "%s", err);
+        pthread_mutex_unlock(&w->redis_error_lock);
+        atomic_store(&w->redis_healthy, 0);
         us_error("redis write of %zu users failed: %s; retrying in %lld ms (offsets held)",
                  w->batch.count, err, (long long)delay);
         if (*w->stop) return SETTLE_STOPPED;
@@ -506,7 +511,9 @@ static int health(void *arg, char *msg, size_t msglen)
 {
     worker *w = arg;
     if (!atomic_load(&w->redis_healthy)) {
+        pthread_mutex_lock(&w->redis_error_lock);
         snprintf(msg, msglen, "redis: %s", w->redis_error);
+        pthread_mutex_unlock(&w->redis_error_lock);
         return 0;
     }
     snprintf(msg, msglen, "consuming");
@@ -653,6 +660,7 @@ int us_worker_run(const us_config *cfg, int metrics_port, volatile sig_atomic_t 
     w.cfg = cfg;
     w.stop = stop;
     atomic_store(&w.redis_healthy, 1);
+    pthread_mutex_init(&w.redis_error_lock, NULL);
     register_metrics(&w);
     us_redis_metrics_register();
     us_event_decoder_init(&w.decoder);
@@ -731,6 +739,7 @@ out:
     free(w.msgs);
     free(w.dlq_entries);
     us_acks_free(&w.dlq_acks);
+    pthread_mutex_destroy(&w.redis_error_lock);
     us_metrics_free_all();
     return rc;
 }

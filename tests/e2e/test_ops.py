@@ -1,11 +1,12 @@
 """Operations: TTL, /health and /metrics, behaviour when Kafka is unreachable, worker restarts."""
 import random
 import re
+import socket
 import time
 
 import requests
 
-from conftest import api, now_ms, status, statuses, wait_until
+from conftest import BUILD, WORKER_BIN, Proc, api, child_env, free_port, now_ms, status, statuses, wait_until
 
 PROM_SAMPLE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? [-+0-9.eEaNInf]+( -?[0-9]+)?$")
 
@@ -141,3 +142,36 @@ def test_two_workers_share_partitions(ns):
     ns.producer.flush()
     wait_until(lambda: statuses(q.url, users) == [{"user": u, "active": t // 1000} for u in users],
                timeout=40, what="100 users applied by two workers")
+
+
+def consecutive_free_ports(n):
+    """A port p such that p .. p+n-1 are all free now (children of --processes n use them)."""
+    for _ in range(100):
+        p = free_port()
+        try:
+            for i in range(1, n):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind(("127.0.0.1", p + i))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no %d consecutive free ports" % n)
+
+
+def test_supervisor_starts_a_worker_process_whose_fork_failed(ns):
+    """--processes 2 while the first fork() fails (as at the user's process limit): the supervisor
+    tries that child again after its restart delay, both children serve, and SIGTERM stops all."""
+    port = consecutive_free_ports(2)
+    cfg = ns.config(worker={"metrics_port": port, "processes": 2})
+    env = child_env()
+    env["LD_PRELOAD"] = str(BUILD / "tests" / "libus_fail_fork.so")
+    env["US_TEST_FAIL_FORKS"] = "1"
+    env["ASAN_OPTIONS"] = (env.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0").lstrip(":")
+    sup = Proc("userstatus-worker", [str(WORKER_BIN), "--config", str(ns.write_config(cfg))],
+               str(ns.tmp / "supervisor.log"), env)
+    ns.procs.append(sup)
+    for i in range(2):
+        sup.wait_health("http://127.0.0.1:%d/health" % (port + i))
+    assert "starting worker process 0: fork: Resource temporarily unavailable" in sup.log(), sup.log()[-3000:]
+    sup.stop_ok()
+
