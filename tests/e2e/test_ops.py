@@ -62,14 +62,50 @@ def test_health_and_metrics_of_both_programs(ns, stack):
         check_metrics(base)
 
 
-def test_metrics_change_after_traffic(ns, stack):
+def metric_values(url):
+    """{sample name with labels: value} of a /metrics page (the page is checked as check_metrics does)."""
+    out = {}
+    for ln in check_metrics(url).splitlines():
+        if ln and not ln.startswith("#"):
+            name, value = ln.split(" ")[:2]
+            out[name] = float(value)
+    return out
+
+
+def delta(before, after, name):
+    return after.get(name, 0) - before.get(name, 0)
+
+
+def test_metrics_count_exactly_the_test_traffic(ns, stack):
+    """Each counter moves by exactly what the test's own requests should move it by. Every HTTP
+    request of the query service is counted when it arrives, the /metrics request included: the
+    second read counts itself (the first read's count is already in its own page)."""
     w, q = stack
-    before_q = check_metrics(q.url)
-    before_w = check_metrics(w.metrics_url)
-    assert api(q.url, "update_user_status", {"users": ["m-1"]}).json() == {"result": {}}
-    wait_until(lambda: "active" in status(q.url, "m-1"), what="m-1 applied")
-    assert check_metrics(q.url) != before_q
-    wait_until(lambda: check_metrics(w.metrics_url) != before_w, what="worker metrics to change")
+    before_q = metric_values(q.url)
+    before_w = metric_values(w.metrics_url)
+    updates = [["m-1"], ["m-2", "m-3"], ["m-4"]]
+    gets = [["m-1", "m-2"], ["nobody"]]
+    for users in updates:
+        assert api(q.url, "update_user_status", {"users": users}).json() == {"result": {}}
+    for users in gets:
+        assert "result" in api(q.url, "get_user_status", {"users": users}).json()
+    after_q = metric_values(q.url)
+    assert delta(before_q, after_q, "userstatus_query_http_requests_total") == len(updates) + len(gets) + 1
+    assert delta(before_q, after_q, 'userstatus_query_commands_total{method="update_user_status"}') == len(updates)
+    assert delta(before_q, after_q, 'userstatus_query_commands_total{method="get_user_status"}') == len(gets)
+    assert delta(before_q, after_q, 'userstatus_query_commands_total{method="delete_user_status"}') == 0
+    assert delta(before_q, after_q, "userstatus_query_events_acknowledged_total") == 4
+    assert delta(before_q, after_q, "userstatus_query_users_read_total") == 3
+    assert delta(before_q, after_q, "userstatus_query_events_failed_total") == 0
+
+    applied = 'userstatus_worker_events_total{result="applied"}'
+    wait_until(lambda: delta(before_w, metric_values(w.metrics_url), applied) >= 4,
+               what="the worker to apply the 4 events")
+    time.sleep(1)  # anything beyond the test's 4 events would show now
+    after_w = metric_values(w.metrics_url)
+    assert delta(before_w, after_w, applied) == 4
+    assert delta(before_w, after_w, 'userstatus_worker_events_total{result="dead_lettered"}') == 0
+    assert delta(before_w, after_w, "userstatus_worker_redis_errors_total") == 0
 
 
 def test_update_answers_error_100_when_kafka_is_unreachable(ns):
