@@ -18,8 +18,8 @@ bool us_utf8_valid(const char *s, size_t len)
             p++;
             continue;
         }
-        size_t n;                              /* continuation bytes */
-        unsigned char lo = 0x80, hi = 0xBF;    /* range of the second byte */
+        size_t n;                           /* continuation bytes */
+        unsigned char lo = 0x80, hi = 0xBF; /* range of the second byte */
         if (b >= 0xC2 && b <= 0xDF) {
             n = 1;
         } else if (b >= 0xE0 && b <= 0xEF) {

@@ -32,7 +32,11 @@
  * cycles through rewinds; offsets do not move until Redis is back. One write attempt must fit in
  * the other half of max.poll.interval.ms (a warning at start says when the Redis timeouts make
  * that doubtful). What this cannot fence: a worker cut off from the *brokers* (not Redis) loses
- * its partitions after session.timeout.ms while it may still be writing; see docs/choices.md. */
+ * its partitions after session.timeout.ms while it may still be writing; see docs/choices.md.
+ *
+ * Dead-letter delivery reports are asynchronous and may outlive their batch (rewound, or dropped
+ * with its partitions): each carries the batch generation (common/acks.h), and a report of an
+ * earlier batch is ignored, never credited to the entry of the current batch in the same slot. */
 #include "worker.h"
 
 #include "acks.h"
@@ -61,7 +65,8 @@
 /* A batch is retried for at most max.poll.interval.ms / WRITE_BUDGET_DIVISOR (see the top). */
 #define WRITE_BUDGET_DIVISOR 2
 #define MAX_POLL_INTERVAL_DEFAULT_MS 300000 /* librdkafka's default max.poll.interval.ms. */
-#define SEEK_TIMEOUT_MS 0 /* Rewinds are asynchronous: the seek is a barrier on the local queue. */
+/* Rewinds are asynchronous: the seek at once sets a barrier that drops messages fetched earlier. */
+#define SEEK_TIMEOUT_MS 0
 #define DLQ_MESSAGE_TIMEOUT_MS 30000
 #define TOPIC_CREATE_TIMEOUT_MS 10000
 #define CLOSE_TIMEOUT_MS 5000 /* Longest wait to leave the group cleanly at shutdown. */
@@ -122,9 +127,9 @@ static void backoff(worker *w, int64_t *delay_ms)
 
 /* How waiting for a batch's acknowledgements ended. */
 typedef enum settle_result {
-    SETTLED,         /* Every write acknowledged. */
-    SETTLE_STOPPED,  /* Shutdown requested. */
-    SETTLE_GAVE_UP,  /* Write budget spent, or the partitions may no longer be ours. */
+    SETTLED,        /* Every write acknowledged. */
+    SETTLE_STOPPED, /* Shutdown requested. */
+    SETTLE_GAVE_UP, /* Write budget spent, or the partitions may no longer be ours. */
 } settle_result;
 
 /* Whether another attempt may start before deadline (monotonic ms): not when the group may have
