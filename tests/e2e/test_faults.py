@@ -229,6 +229,7 @@ def test_worker_cut_off_from_redis_never_undoes_newer_writes(ns, redis_proxy):
         redis_proxy.cut()
         p.event("delete", "gone")
         p.event("active", "moody", t0 + 1000, state="stale")
+        p.event("active", "once", t0 + 1000)  # its only event: must not be lost by any rewind
         p.flush()
         wait_until(lambda: requests.get(owner.metrics_url + "/health", timeout=5).status_code == 503,
                    timeout=15, what="the owner to report Redis out of reach")
@@ -237,18 +238,19 @@ def test_worker_cut_off_from_redis_never_undoes_newer_writes(ns, redis_proxy):
         p.event("active", "moody", t0 + 2000, state="new")
         p.flush()
         expected = [{"user": "gone", "active": (t0 + 2000) // 1000, "state": "back"},
-                    {"user": "moody", "active": (t0 + 2000) // 1000, "state": "new"}]
+                    {"user": "moody", "active": (t0 + 2000) // 1000, "state": "new"},
+                    {"user": "once", "active": (t0 + 1000) // 1000}]
         try:  # whoever owns the partition while the first owner is cut off may apply them now
-            wait_until(lambda: statuses(q.url, ["gone", "moody"]) == expected, timeout=10)
+            wait_until(lambda: statuses(q.url, ["gone", "moody", "once"]) == expected, timeout=10)
         except AssertionError:
             pass
         redis_proxy.restore()
         wait_until(lambda: requests.get(owner.metrics_url + "/health", timeout=5).status_code == 200,
                    timeout=20, what="the first worker to reach Redis again")
-        wait_until(lambda: statuses(q.url, ["gone", "moody"]) == expected, timeout=20,
+        wait_until(lambda: statuses(q.url, ["gone", "moody", "once"]) == expected, timeout=20,
                    what="the newest events to be applied")
         time.sleep(5)  # a stale batch still retried by the first worker lands within its 2 s backoff
-        assert statuses(q.url, ["gone", "moody"]) == expected
+        assert statuses(q.url, ["gone", "moody", "once"]) == expected
         assert owner.alive() and other.alive()
     finally:
         delete_topics([topic])
