@@ -347,10 +347,11 @@ static void batch_rewind(worker *w, const rd_kafka_topic_partition_list_t *revok
 /* Finishes the batch in hand: DLQ acks, Redis acks, then offsets, within the write budget. On
  * shutdown before both acks arrived, nothing is stored and the messages will be consumed again;
  * when the budget runs out, the batch is rewound (see the top). revoking: the partitions the
- * rebalance callback is giving up (NULL outside it). */
-static void batch_finish(worker *w, const rd_kafka_topic_partition_list_t *revoking)
+ * rebalance callback is giving up (NULL outside it). Returns 1 when the batch was written (or
+ * there was none), 0 when it was dropped or rewound. */
+static int batch_finish(worker *w, const rd_kafka_topic_partition_list_t *revoking)
 {
-    if (w->nmsgs == 0) return;
+    if (w->nmsgs == 0) return 1;
     int64_t started = us_monotonic_ms(), deadline = started + w->write_budget_ms;
     settle_result r = dlq_settle(w, deadline);
     if (r == SETTLED) r = redis_settle(w, deadline);
@@ -359,11 +360,11 @@ static void batch_finish(worker *w, const rd_kafka_topic_partition_list_t *revok
                 "not stored, so they will be consumed again",
                 w->nmsgs);
         batch_release(w);
-        return;
+        return 0;
     }
     if (r == SETTLE_GAVE_UP) {
         batch_rewind(w, revoking);
-        return;
+        return 0;
     }
     store_offsets(w);
     us_metric_add(w->m_applied, w->nmsgs - w->ndlq);
@@ -374,6 +375,7 @@ static void batch_finish(worker *w, const rd_kafka_topic_partition_list_t *revok
     us_debug("batch done: %zu messages, %zu users, %zu dead-lettered", w->nmsgs, w->batch.count,
              w->ndlq);
     batch_release(w);
+    return 1;
 }
 
 /* Adds one consumed message to the batch (the batch takes ownership of m). */
@@ -490,9 +492,14 @@ static void rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                     parts->cnt, w->nmsgs);
             batch_release(w);
         } else {
-            batch_finish(w, parts);
+            int drained = batch_finish(w, parts);
             commit_offsets(w);
-            us_info("revoked %d partition(s) after draining in-flight writes", parts->cnt);
+            if (drained)
+                us_info("revoked %d partition(s) after draining in-flight writes", parts->cnt);
+            else
+                us_warn("revoked %d partition(s) with the batch in hand unwritten: the next owner "
+                        "consumes their events again from the last commit",
+                        parts->cnt);
         }
         if (cooperative)
             error = rd_kafka_incremental_unassign(rk, parts);

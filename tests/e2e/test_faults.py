@@ -256,6 +256,61 @@ def test_worker_cut_off_from_redis_never_undoes_newer_writes(ns, redis_proxy):
         delete_topics([topic])
 
 
+def test_rebalance_while_the_owner_cannot_reach_redis_loses_nothing_and_undoes_nothing(ns, redis_proxy):
+    """The owner of both partitions cannot reach Redis when a second worker joins: the owner must
+    give one partition up without writing its stale events (the newcomer applies them, then newer
+    ones), keep the other partition's events (rewound, applied once Redis is back), and never write
+    its old batch over the newer events."""
+    topic = ns.topic + "_two"
+    create_topics([topic], partitions=2)
+    try:
+        props = dict(FAST_GROUP, **{"max.poll.interval.ms": "10000"})
+        base = ns.config(kafka={"topic": topic, "properties": props},
+                         user_status={"redis_io_timeout": "1s", "redis_connect_timeout": "500ms"})
+        owner = ns.start_worker(worker_cfg(ns, deep_merge(base, {"user_status": {"redis_address": redis_proxy.addr}})))
+        wait_until(lambda: metric(owner, "userstatus_worker_assigned_partitions") == 2, timeout=30,
+                   what="the first worker to own both partitions")
+        q = ns.start_query(base)
+        p = KafkaProducer(topic)
+        t0 = now_ms() - 60_000
+        moody = ["m-%d" % i for i in range(8)]  # several users: both partitions get some
+        once = ["o-%d" % i for i in range(8)]
+        for u in moody:
+            p.event("active", u, t0, state="old")
+        p.flush()
+        assert {part for part, _, _ in p.delivered} == {0, 1}
+        wait_until(lambda: all(s.get("state") == "old" for s in statuses(q.url, moody)),
+                   what="the first events to be applied")
+
+        redis_proxy.cut()
+        for u in moody:
+            p.event("active", u, t0 + 1000, state="stale")
+        for u in once:
+            p.event("online", u, t0 + 1000)  # their only events
+        p.flush()
+        wait_until(lambda: requests.get(owner.metrics_url + "/health", timeout=5).status_code == 503,
+                   timeout=15, what="the owner to report Redis out of reach")
+        other = ns.start_worker(worker_cfg(ns, base))
+        wait_until(lambda: metric(other, "userstatus_worker_assigned_partitions") >= 1, timeout=40,
+                   what="the second worker to get a partition")
+        for u in moody:
+            p.event("active", u, t0 + 2000, state="new")
+        p.flush()
+        expected = ([{"user": u, "active": (t0 + 2000) // 1000, "state": "new"} for u in moody]
+                    + [{"user": u, "online": (t0 + 1000) // 1000} for u in once])
+        time.sleep(8)  # the newcomer applies its partition's events meanwhile
+        redis_proxy.restore()
+        wait_until(lambda: requests.get(owner.metrics_url + "/health", timeout=5).status_code == 200,
+                   timeout=20, what="the first worker to reach Redis again")
+        wait_until(lambda: statuses(q.url, moody + once) == expected, timeout=30,
+                   what="every newest event applied, none lost")
+        time.sleep(5)  # a stale batch still retried by the first worker lands within its 2 s backoff
+        assert statuses(q.url, moody + once) == expected
+        assert owner.alive() and other.alive()
+    finally:
+        delete_topics([topic])
+
+
 # --------------------------------------------------------------------------------------------------
 # Kafka broker down while HTTP updates flow
 
