@@ -647,10 +647,8 @@ void us_api_stop(us_api *api)
         /* The core is quiesced: every suspended request has been resumed; give the daemon's
          * threads a moment to send their replies. */
         for (int waited = 0; atomic_load(&api->suspended) > 0 && waited < DRAIN_WAIT_MS;
-             waited += DRAIN_TICK_MS) {
-            struct timespec ts = {0, DRAIN_TICK_MS * 1000000L};
-            nanosleep(&ts, NULL);
-        }
+             waited += DRAIN_TICK_MS)
+            us_sleep_ms(DRAIN_TICK_MS);
         if (atomic_load(&api->suspended) > 0)
             us_warn("stopping with %d resumed request(s) not answered yet; their connections "
                     "are closed", atomic_load(&api->suspended));

@@ -26,8 +26,8 @@
 #include "metrics.h"
 #include "producer.h"
 #include "reader.h"
+#include "utf8.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -121,29 +121,6 @@ void us_cmd_fail(us_cmd *c, int code, const char *reason)
     snprintf(c->reason, sizeof(c->reason), "%s", reason);
 }
 
-/* Returns 1 when s[0..n) is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
-static int utf8_valid(const char *s, size_t n)
-{
-    const unsigned char *p = (const unsigned char *)s, *end = p + n;
-    while (p < end) {
-        unsigned c = *p;
-        if (c < 0x80) {
-            p++;
-            continue;
-        }
-        size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
-        if (c < 0xC2 || c > 0xF4 || (size_t)(end - p) < len) return 0;
-        for (size_t i = 1; i < len; i++)
-            if ((p[i] & 0xC0) != 0x80) return 0;
-        if (c == 0xE0 && p[1] < 0xA0) return 0; /* Overlong. */
-        if (c == 0xED && p[1] > 0x9F) return 0; /* Surrogate. */
-        if (c == 0xF0 && p[1] < 0x90) return 0; /* Overlong. */
-        if (c == 0xF4 && p[1] > 0x8F) return 0; /* Over U+10FFFF. */
-        p += len;
-    }
-    return 1;
-}
-
 int us_cmd_validate(const us_config *cfg, const us_user_ref *users, size_t n, const char *state,
                     size_t state_len, int has_state, char *reason, size_t reasonlen)
 {
@@ -162,12 +139,12 @@ int us_cmd_validate(const us_config *cfg, const us_user_ref *users, size_t n, co
                      cfg->query.max_user_id_length);
             return US_ERR_BAD_REQUEST;
         }
-        if (!utf8_valid(users[i].user, users[i].len)) {
+        if (!us_utf8_valid(users[i].user, users[i].len)) {
             snprintf(reason, reasonlen, "users[%zu] is not valid UTF-8", i);
             return US_ERR_BAD_REQUEST;
         }
     }
-    if (has_state && (state_len > US_STATE_MAX || !utf8_valid(state, state_len))) {
+    if (has_state && (state_len > US_STATE_MAX || !us_utf8_valid(state, state_len))) {
         snprintf(reason, reasonlen, "'state' must be a UTF-8 string of at most %d bytes",
                  US_STATE_MAX);
         return US_ERR_BAD_REQUEST;
@@ -617,9 +594,7 @@ void us_core_free(us_core *core)
     pthread_mutex_lock(&core->mu);
     while (core->nlive > 0 && us_monotonic_ms() < until) {
         pthread_mutex_unlock(&core->mu);
-        struct timespec ts = {0, DEADLINE_TICK_MS * 1000000L};
-        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-        }
+        us_sleep_ms(DEADLINE_TICK_MS);
         pthread_mutex_lock(&core->mu);
     }
     core->stop = 1;
