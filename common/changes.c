@@ -130,7 +130,8 @@ static const char status_chars[] = {'f', 'a', 'o'}; /* By us_status_kind. */
 
 static int format_time(char *buf, size_t cap, int64_t t)
 {
-    return t == US_PRESENCE_NONE ? snprintf(buf, cap, "-") : snprintf(buf, cap, "%lld", (long long)t);
+    if (t == US_PRESENCE_NONE) return snprintf(buf, cap, "-");
+    return snprintf(buf, cap, "%lld", (long long)t);
 }
 
 int us_presence_format(const us_presence *p, char *buf, size_t cap)

@@ -78,7 +78,8 @@ int64_t us_presence_deadline(const us_presence_rules *r, const us_presence *p);
 const char *us_status_kind_name(us_status_kind s);
 
 /* Index entry text of p: "<o|a|f> <since> <active> <online>", ms or '-' for none. Returns the
- * length written (NUL-terminated), or -1 when cap is too small. US_PRESENCE_TEXT_MAX always fits. */
+ * length written (NUL-terminated), or -1 when cap is too small; US_PRESENCE_TEXT_MAX always
+ * fits. */
 #define US_PRESENCE_TEXT_MAX 96
 int us_presence_format(const us_presence *p, char *buf, size_t cap);
 

@@ -91,6 +91,7 @@ typedef struct ch_part {
     int64_t next_offset;  /* After the last message consumed; -1 when none was. */
     int64_t last_ts;      /* Kafka timestamp (ms) of that message; -1 when unknown. */
     int64_t start_offset; /* Where consumption started (committed, else log start); -1 unknown. */
+    int64_t end_offset;   /* End of the log when that was learnt (asked the broker). */
 } ch_part;
 
 typedef struct ix_conn {
@@ -683,7 +684,7 @@ void us_changes_assign(us_changes *c, const rd_kafka_topic_partition_list_t *par
             c->cap_parts = c->cap_parts ? c->cap_parts * 2 : 16;
             c->parts = xrealloc(c->parts, c->cap_parts * sizeof(*c->parts));
         }
-        c->parts[c->nparts++] = (ch_part){parts->elems[i].partition, -1, -1, -1};
+        c->parts[c->nparts++] = (ch_part){parts->elems[i].partition, -1, -1, -1, -1};
     }
 }
 
@@ -700,35 +701,38 @@ void us_changes_revoke(us_changes *c, const rd_kafka_topic_partition_list_t *par
     }
 }
 
-/* Learns where consumption of newly assigned partitions started (their committed offset, else
- * the start of the log), for partitions from which nothing was consumed yet. */
+/* Learns, for newly assigned partitions, where consumption started (the committed offset, else
+ * the start of the log) and where the log ended then -- asked from the broker, because the
+ * consumer's cached end of a partition it owned before (say, before the last rebalance) can be
+ * arbitrarily old. */
 static void resolve_starts(us_changes *c)
 {
     rd_kafka_topic_partition_list_t *list = NULL;
     for (size_t i = 0; i < c->nparts; i++) {
-        if (c->parts[i].next_offset >= 0 || c->parts[i].start_offset >= 0) continue;
+        if (c->parts[i].end_offset >= 0) continue;
         if (!list) list = rd_kafka_topic_partition_list_new((int)c->nparts);
         rd_kafka_topic_partition_list_add(list, c->cfg->kafka.topic, c->parts[i].partition);
     }
     if (!list) return;
     rd_kafka_resp_err_t e = rd_kafka_committed(c->consumer, list, COMMITTED_TIMEOUT_MS);
-    if (e) {
-        us_debug("status changes: committed offsets not known yet: %s", rd_kafka_err2str(e));
-    } else {
-        for (int i = 0; i < list->cnt; i++) {
-            for (size_t j = 0; j < c->nparts; j++) {
-                ch_part *p = &c->parts[j];
-                if (p->partition != list->elems[i].partition) continue;
-                int64_t lo, hi;
-                if (list->elems[i].err == 0 && list->elems[i].offset >= 0)
-                    p->start_offset = list->elems[i].offset;
-                else if (rd_kafka_get_watermark_offsets(c->consumer, c->cfg->kafka.topic,
-                                                        p->partition, &lo, &hi) == 0 &&
-                         lo >= 0)
-                    p->start_offset = lo;
-            }
+    for (int i = 0; !e && i < list->cnt; i++) {
+        for (size_t j = 0; j < c->nparts; j++) {
+            ch_part *p = &c->parts[j];
+            if (p->partition != list->elems[i].partition) continue;
+            int64_t lo, hi;
+            e = rd_kafka_query_watermark_offsets(c->consumer, c->cfg->kafka.topic, p->partition,
+                                                 &lo, &hi, COMMITTED_TIMEOUT_MS);
+            if (e) break;
+            p->end_offset = hi;
+            if (list->elems[i].err == 0 && list->elems[i].offset >= 0)
+                p->start_offset = list->elems[i].offset;
+            else
+                p->start_offset = lo;
         }
     }
+    if (e)
+        us_debug("status changes: start of new partitions not known yet: %s",
+                 rd_kafka_err2str(e));
     rd_kafka_topic_partition_list_destroy(list);
 }
 
@@ -738,10 +742,11 @@ static void resolve_starts(us_changes *c)
 static int64_t scan_limit(us_changes *c, const ch_part *p, int64_t now)
 {
     int64_t lo, hi;
+    if (p->end_offset < 0) return US_PRESENCE_NONE; /* Not resolved yet. */
     if (rd_kafka_get_watermark_offsets(c->consumer, c->cfg->kafka.topic, p->partition, &lo, &hi) !=
-            0 ||
-        hi < 0)
-        return US_PRESENCE_NONE;
+        0)
+        hi = -1;
+    if (p->end_offset > hi) hi = p->end_offset;
     int64_t pos = p->next_offset >= 0 ? p->next_offset : p->start_offset;
     if (pos < 0) return US_PRESENCE_NONE;
     if (pos >= hi) return now - SCAN_GRACE_MS;

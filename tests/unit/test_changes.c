@@ -327,8 +327,9 @@ static void test_change_vectors_encode_byte_exact_and_decode(void **state)
 static void test_change_decode_refuses_other_messages(void **state)
 {
     /* {"type":"active","user":"42"}: an event, not a change. */
-    static const unsigned char event[] = {0x82, 0xa4, 't', 'y', 'p', 'e', 0xa6, 'a', 'c', 't',
-                                          'i',  'v',  'e', 0xa4, 'u', 's', 'e', 'r', 0xa2, '4', '2'};
+    static const unsigned char event[] = {0x82, 0xa4, 't', 'y', 'p', 'e', 0xa6, 'a', 'c',
+                                          't',  'i',  'v', 'e', 0xa4, 'u', 's', 'e', 'r',
+                                          0xa2, '4',  '2'};
     us_change c;
     char detail[128];
     assert_int_equal(us_change_decode(event, sizeof(event), &c, detail, sizeof(detail)), -1);
@@ -341,7 +342,8 @@ static void test_change_encode_refuses_schema_violations(void **state)
     char buf[US_CHANGE_ENCODED_MAX];
     us_change empty_user = {.user = "", .user_len = 0, .since = 1, .active = NONE, .online = NONE};
     assert_int_equal(us_change_encode(&empty_user, buf, sizeof(buf)), -1);
-    us_change no_since = {.user = "a", .user_len = 1, .since = NONE, .active = NONE, .online = NONE};
+    us_change no_since = {.user = "a", .user_len = 1, .since = NONE, .active = NONE,
+                          .online = NONE};
     assert_int_equal(us_change_encode(&no_since, buf, sizeof(buf)), -1);
     us_change ok = {.user = "a", .user_len = 1, .since = 1, .active = NONE, .online = NONE};
     assert_int_equal(us_change_encode(&ok, buf, 8), -1); /* Buffer too small. */
