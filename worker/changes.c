@@ -139,6 +139,8 @@ struct us_changes {
     size_t nheld;
 
     us_metric *m_event_changes, *m_deadline_changes, *m_errors;
+    _Atomic int failing;  /* The last step failed (read by /health from another thread). */
+    char last_error[256]; /* Its error; written before failing is set. */
 };
 
 static int64_t now_ms(void)
@@ -158,6 +160,28 @@ static void backoff(us_changes *c, int64_t *delay_ms)
 {
     for (int64_t slept = 0; slept < *delay_ms && !*c->stop; slept += 50) sleep_ms(50);
     *delay_ms = *delay_ms * 2 > RETRY_BACKOFF_MAX_MS ? RETRY_BACKOFF_MAX_MS : *delay_ms * 2;
+}
+
+/* Records a failed step for /health and the metrics. */
+static void step_failed(us_changes *c, const char *what, const char *err)
+{
+    us_metric_add(c->m_errors, 1);
+    if (!atomic_load(&c->failing)) {
+        snprintf(c->last_error, sizeof(c->last_error), "status changes: %s: %s", what, err);
+        atomic_store(&c->failing, 1);
+    }
+}
+
+static void steps_succeeded(us_changes *c)
+{
+    if (atomic_exchange(&c->failing, 0)) us_info("status changes: Redis and Kafka answer again");
+}
+
+int us_changes_healthy(us_changes *c, char *msg, size_t msglen)
+{
+    if (!c || !atomic_load(&c->failing)) return 1;
+    snprintf(msg, msglen, "%s", c->last_error);
+    return 0;
 }
 
 static void *xrealloc(void *p, size_t n)
@@ -610,7 +634,7 @@ static int publish_and_record(us_changes *c, us_redis *store, int scanned, int r
     int64_t delay = RETRY_BACKOFF_MIN_MS;
     if (c->nouts > 0 || scanned) {
         while (read_store(c, store, scanned, err, sizeof(err)) != 0) {
-            us_metric_add(c->m_errors, 1);
+            step_failed(c, "reading the status store", err);
             us_error("status changes: reading the status store: %s%s", err,
                      retry ? "; retrying" : "");
             if (!retry || *c->stop) return -1;
@@ -632,7 +656,7 @@ static int publish_and_record(us_changes *c, us_redis *store, int scanned, int r
     }
     delay = RETRY_BACKOFF_MIN_MS;
     while (c->nouts > 0 && produce_round(c, err, sizeof(err)) != 0) {
-        us_metric_add(c->m_errors, 1);
+        step_failed(c, "producing", err);
         if (*c->stop) return -1;
         us_error("status changes: %s%s", err, retry ? "; producing them again" : "");
         if (!retry) return -1;
@@ -641,12 +665,13 @@ static int publish_and_record(us_changes *c, us_redis *store, int scanned, int r
     us_metric_add(scanned ? c->m_deadline_changes : c->m_event_changes, c->nouts);
     delay = RETRY_BACKOFF_MIN_MS;
     while (write_index(c, err, sizeof(err)) != 0) {
-        us_metric_add(c->m_errors, 1);
+        step_failed(c, "writing the deadline index", err);
         us_error("status changes: writing the deadline index: %s%s", err,
                  retry ? "; retrying (offsets held)" : "");
         if (!retry || *c->stop) return -1;
         backoff(c, &delay);
     }
+    steps_succeeded(c);
     return 0;
 }
 
@@ -657,7 +682,7 @@ int us_changes_settle(us_changes *c, us_redis *store)
     int64_t delay = RETRY_BACKOFF_MIN_MS;
     order_users(c);
     while (read_index(c, err, sizeof(err)) != 0) {
-        us_metric_add(c->m_errors, 1);
+        step_failed(c, "reading the deadline index", err);
         us_error("status changes: reading the deadline index: %s; retrying (offsets held)", err);
         if (*c->stop) return -1;
         backoff(c, &delay);
@@ -793,7 +818,7 @@ void us_changes_tick(us_changes *c, us_redis *store)
     c->scan_cursor = c->nparts ? (c->scan_cursor + nscan) % c->nparts : 0;
     if (nscan == 0) return;
     if (pl_run(c, err, sizeof(err)) != 0) {
-        us_metric_add(c->m_errors, 1);
+        step_failed(c, "scanning deadlines", err);
         us_error("status changes: scanning deadlines: %s (next scan retries)", err);
         return;
     }
@@ -809,10 +834,11 @@ void us_changes_tick(us_changes *c, us_redis *store)
         }
     }
     pl_reset(c);
+    if (c->nusers == 0) steps_succeeded(c);
     if (c->nusers > 0) {
         order_users(c);
         if (read_index(c, err, sizeof(err)) != 0) {
-            us_metric_add(c->m_errors, 1);
+            step_failed(c, "reading the deadline index", err);
             us_error("status changes: reading the deadline index: %s (next scan retries)", err);
         } else {
             /* Listed in the deadlines: remove them even when the hash lost them. */

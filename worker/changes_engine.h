@@ -26,6 +26,10 @@ us_changes *us_changes_new(const us_config *cfg, rd_kafka_t *consumer,
                            volatile sig_atomic_t *stop, char *err, size_t errlen);
 void us_changes_free(us_changes *c);
 
+/* For /health (from any thread): returns 1 when the engine's last step succeeded, else 0 with
+ * the failure in msg. */
+int us_changes_healthy(us_changes *c, char *msg, size_t msglen);
+
 /* Creates the compacted changes topic when missing. Returns 0, or -1 with err set. */
 int us_changes_ensure_topic(us_changes *c, int timeout_ms, char *err, size_t errlen);
 

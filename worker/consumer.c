@@ -401,6 +401,7 @@ static int health(void *arg, char *msg, size_t msglen)
         snprintf(msg, msglen, "redis: %s", w->redis_error);
         return 0;
     }
+    if (!us_changes_healthy(w->changes, msg, msglen)) return 0;
     snprintf(msg, msglen, "consuming");
     return 1;
 }
