@@ -84,6 +84,8 @@ def run(build, users, partitions, changes):
                 break
             time.sleep(0.02)
         t2 = time.monotonic()
+        with open("/proc/%d/status" % w.pid) as st:
+            out["worker_peak_rss_mb"] = round(int(re.search(r"VmHWM:\s+(\d+)", st.read()).group(1)) / 1024, 1)
         out["transitions_events_per_s"] = round(users / (t1 - t0))
         out["steady_events_per_s"] = round(users / (t2 - t1))
         r = Redis()

@@ -51,8 +51,9 @@
 #define CHANGES_SCAN_INTERVAL_MS 100 /* Least time between two deadline scans. */
 #define SCAN_GRACE_MS 500            /* Deadlines fire this long after they pass. */
 #define SCAN_MAX_PER_PARTITION 500   /* Users per partition per scan. */
-#define SCAN_MAX_PARTITIONS 64       /* Partitions scanned per call (round robin beyond). */
+#define SCAN_MAX_PARTITIONS 16       /* Partitions scanned per call (round robin beyond). */
 #define COMMITTED_TIMEOUT_MS 1000    /* Longest wait for a new partition's committed offset. */
+#define RESOLVE_RETRY_MS 1000        /* Pause before asking again when the broker did not answer. */
 #define MESSAGE_TIMEOUT_MS 30000     /* Producer delivery timeout of a change. */
 #define FLUSH_SLICE_MS 200           /* rd_kafka_flush() slice while waiting for acks. */
 #define RETRY_BACKOFF_MIN_MS 100
@@ -126,6 +127,7 @@ struct us_changes {
     ch_part *parts;
     size_t nparts, cap_parts, scan_cursor;
     int64_t last_scan_ms;
+    int64_t next_resolve_ms; /* Earliest time to ask the broker about new partitions again. */
 
     /* Pipeline of the operation in progress. */
     const char **argv;
@@ -739,6 +741,10 @@ static void resolve_starts(us_changes *c)
         rd_kafka_topic_partition_list_add(list, c->cfg->kafka.topic, c->parts[i].partition);
     }
     if (!list) return;
+    if (now_ms() < c->next_resolve_ms) {
+        rd_kafka_topic_partition_list_destroy(list);
+        return;
+    }
     rd_kafka_resp_err_t e = rd_kafka_committed(c->consumer, list, COMMITTED_TIMEOUT_MS);
     for (int i = 0; !e && i < list->cnt; i++) {
         for (size_t j = 0; j < c->nparts; j++) {
@@ -755,9 +761,12 @@ static void resolve_starts(us_changes *c)
                 p->start_offset = lo;
         }
     }
-    if (e)
-        us_debug("status changes: start of new partitions not known yet: %s",
-                 rd_kafka_err2str(e));
+    if (e) {
+        us_warn("status changes: where new partitions start is not known yet (%s); their "
+                "deadlines wait",
+                rd_kafka_err2str(e));
+        c->next_resolve_ms = now_ms() + RESOLVE_RETRY_MS;
+    }
     rd_kafka_topic_partition_list_destroy(list);
 }
 
