@@ -240,3 +240,17 @@ def test_kill9_and_rebalances_lose_and_invent_no_transition(ns, reader):
     assert set(r.seq) == set(want)
     assert w3.alive()
     print("FIGURES changes_kill9: users=%d, messages=%d, distinct=%d" % (len(want), len(r.messages), len(r.seen)))
+
+
+def test_disabled_changes_create_no_topic_and_no_index(ns, redis):
+    w = ns.start_worker(ns.config(changes={"topic": ns.changes, "enabled": False}))
+    ns.producer.event("active", "u4", time_ms=whole_second_ms())
+    ns.producer.flush()
+    wait_until(lambda: redis("EXISTS", ns.key("u4")) == 1, what="u4 in the status store")
+    c = Consumer({"bootstrap.servers": KAFKA, "group.id": "us-e2e-md"})
+    try:
+        assert ns.changes not in c.list_topics(timeout=10).topics
+    finally:
+        c.close()
+    assert redis("KEYS", ns.prefix + "#*") == []
+    assert "status changes" not in w.log()
