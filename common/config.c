@@ -119,6 +119,11 @@ static const key_desc keys[] = {
     {"proxy.online_interval", KEY_DUR, F(proxy.online_interval_ms), "25s", 1000, DAY_MS},
     {"proxy.active_debounce", KEY_DUR, F(proxy.active_debounce_ms), "1s", 0, 3600 * 1000},
     {"proxy.ack_timeout", KEY_DUR, F(proxy.ack_timeout_ms), "500ms", 10, 60 * 1000},
+    {"changes.enabled", KEY_BOOL, F(changes.enabled), "true", 0, 0},
+    {"changes.topic", KEY_STR, F(changes.topic), "user_status_changes", 0, 0},
+    {"changes.offline_after", KEY_DUR, F(changes.offline_after_ms), "60s", 1000, DAY_MS},
+    {"changes.away_after", KEY_DUR, F(changes.away_after_ms), "5m", 1000, DAY_MS},
+    {"changes.watch_max_streams", KEY_INT, F(changes.watch_max_streams), "10000", 1, 1000000},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -759,6 +764,11 @@ int us_config_load(us_config *cfg, const char *path, char **envp,
         return fail(err, errlen,
                     "config key 'query.metrics_require_key': applies to /metrics on the API port, "
                     "but 'query.metrics_port' moves /metrics to a listener of its own");
+    if (cfg->changes.topic[0] == '\0' || strcmp(cfg->changes.topic, cfg->kafka.topic) == 0 ||
+        strcmp(cfg->changes.topic, cfg->kafka.dlq_topic) == 0)
+        return fail(err, errlen,
+                    "config key 'changes.topic': must not be empty and must differ from "
+                    "'kafka.topic' and 'kafka.dlq_topic'");
     return 0;
 }
 

@@ -95,6 +95,15 @@ typedef struct us_config {
         int64_t active_debounce_ms; /* At most one RPC "active" event per user per this; 0: off. */
         int64_t ack_timeout_ms;     /* Longest wait for the broker before answering anyway. */
     } proxy;
+
+    /* Status changes (online/away/offline transitions) published by the worker. */
+    struct {
+        bool enabled;
+        char *topic;               /* Compacted Kafka topic of change messages. */
+        int64_t offline_after_ms;  /* Offline after this long without any event. */
+        int64_t away_after_ms;     /* Away after this long without an `active` event. */
+        int watch_max_streams;     /* Open watch streams per query process. */
+    } changes;
 } us_config;
 
 /* One override from the command line: a key path ("user_status.redis_address") and its text. */
