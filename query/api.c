@@ -679,12 +679,15 @@ us_api *us_api_start(const us_config *cfg, us_core *core, us_producer *producer,
 void us_api_stop(us_api *api)
 {
     if (!api) return;
+    us_watch_quiesce(api->watch); /* Streams end: none stays suspended. */
     if (api->daemon) {
         MHD_socket listener = MHD_quiesce_daemon(api->daemon);
         if (listener != MHD_INVALID_SOCKET) close(listener);
         /* The core is quiesced: every suspended request has been resumed; give the daemon's
-         * threads a moment to send their replies. */
-        for (int waited = 0; atomic_load(&api->suspended) > 0 && waited < DRAIN_WAIT_MS;
+         * threads a moment to send their replies and the streams' last bytes. */
+        for (int waited = 0;
+             (atomic_load(&api->suspended) > 0 || us_watch_streams(api->watch) > 0) &&
+             waited < DRAIN_WAIT_MS;
              waited += DRAIN_TICK_MS)
             us_sleep_ms(DRAIN_TICK_MS);
         if (atomic_load(&api->suspended) > 0)
