@@ -3,7 +3,8 @@
  * Operations
  * ----------
  * A started call counts its operations in flight: one per event queued in the producer, one per
- * read job handed to the reader. Each finishes through a callback (op_delivered, op_read) on the
+ * read job handed to the reader (a read the reader did inline, on the caller's thread, is already
+ * finished and not counted). Each finishes through a callback (op_delivered, op_read) on the
  * producer's or a reader's thread. A call completes when its count reaches zero, when its deadline
  * passes (the deadline thread), or when the core is quiesced; whichever comes first calls the
  * front end's done callback, once. Operations that finish after completion only decrement the
@@ -346,6 +347,9 @@ static void start_cmd(us_core *core, us_call *call, size_t i, int64_t now_ms)
         job->out = c->statuses;
         job->done = op_read;
         job->arg = c;
+        /* Small reads on an idle reader finish here, without an operation in flight: the call
+         * may then complete at once (us_call_start returns 1). */
+        if (us_reader_read_inline(core->reader, job)) return;
         pthread_mutex_lock(&core->mu);
         c->pending++;
         call->ops++;

@@ -1,4 +1,24 @@
-/* Implementation of the batched Redis reader. */
+/* Implementation of the batched Redis reader, and of its inline shortcut for small reads when it
+ * is idle.
+ *
+ * Batched reads
+ * -------------
+ * Submitters queue jobs under rd->mu; a reader thread takes every queued job (up to
+ * MAX_USERS_PER_ROUND users), reads them in one pipelined round trip per node, then runs each
+ * job's done callback, which resumes the waiting connection.
+ *
+ * Inline reads
+ * ------------
+ * Profiles of 1-user gets under wrk show the handoff, not Redis, dominating: per request a reader
+ * thread is woken (futex), the HTTP connection is suspended and resumed (an eventfd write and an
+ * extra pass of libmicrohttpd's event loop), and two threads' caches are touched. When no job is
+ * queued there is nothing to share a round trip with, so a small read is done on the caller's
+ * thread over that thread's own store (a thread-specific us_redis, made on first use and kept in
+ * rd->inline_list for us_reader_free). Its timeouts are READER_INLINE_TIMEOUT_MS, so that a slow or
+ * frozen Redis holds an HTTP thread that long at most; such a failure turns inline reads off
+ * (rd->inline_ok) until a batched round trip succeeds again, and the read itself is handed to the
+ * batched reader, which has the configured redis_io_timeout. Under load jobs are queued, and new
+ * reads join the batch as before. */
 #include "reader.h"
 
 #include "clock.h"
@@ -12,6 +32,13 @@
 #define MAX_USERS_PER_ROUND 8192 /* Users read in one round; bounds a round's latency. */
 #define READER_PING_MS 1000      /* An idle reader thread PINGs Redis this often. Milliseconds. */
 
+/* One thread's store for inline reads. */
+typedef struct inline_store {
+    us_reader *rd;
+    us_redis *redis;
+    struct inline_store *prev, *next; /* In rd->inline_list, under rd->mu. */
+} inline_store;
+
 struct us_reader {
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -23,6 +50,14 @@ struct us_reader {
     const us_config *cfg;
     int healthy;         /* Outcome of the last round trip (-1: none yet), under mu. */
     char health_err[256]; /* Its reason when it failed, under mu. */
+
+    us_config inline_cfg;        /* cfg with READER_INLINE_TIMEOUT_MS timeouts (shallow copy). */
+    pthread_key_t inline_key;    /* The calling thread's inline_store. */
+    inline_store *inline_list;   /* Every thread's, under mu. */
+    int inline_ok;               /* No inline read failed since the last good round trip; mu. */
+    size_t inline_reads;         /* Jobs read inline (for tests and the bench); under mu. */
+    int inline_busy;             /* Inline reads in progress; under mu. */
+    int rounds_busy;             /* Batched round trips in progress; under mu. */
 };
 
 /* Records the outcome of a round trip for us_reader_health. */
@@ -32,6 +67,7 @@ static void set_health(us_reader *rd, int ok, const char *err)
     int was = rd->healthy;
     rd->healthy = ok;
     if (!ok) snprintf(rd->health_err, sizeof(rd->health_err), "%s", err);
+    if (ok) rd->inline_ok = 1;
     pthread_mutex_unlock(&rd->mu);
     if (was != 0 && !ok) us_warn("reader: Redis is unhealthy: %s", err); /* Changes only. */
     if (was == 0 && ok) us_info("reader: Redis is healthy again");
@@ -128,8 +164,12 @@ static void *reader_main(void *arg)
         }
         size_t nusers;
         us_read_job *jobs = take_jobs(rd, &nusers);
+        rd->rounds_busy++;
         pthread_mutex_unlock(&rd->mu);
         run_round(t, jobs, nusers);
+        pthread_mutex_lock(&rd->mu);
+        rd->rounds_busy--;
+        pthread_mutex_unlock(&rd->mu);
     }
     us_redis_free(t->redis);
     free(t->users);
@@ -137,6 +177,86 @@ static void *reader_main(void *arg)
     free(t);
     return NULL;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * Inline reads.
+ * ------------------------------------------------------------------------------------------ */
+
+/* Thread exit: the thread's store goes with it. */
+static void inline_store_free(void *arg)
+{
+    inline_store *st = arg;
+    if (!st) return;
+    us_reader *rd = st->rd;
+    pthread_mutex_lock(&rd->mu);
+    if (st->prev)
+        st->prev->next = st->next;
+    else
+        rd->inline_list = st->next;
+    if (st->next) st->next->prev = st->prev;
+    pthread_mutex_unlock(&rd->mu);
+    us_redis_free(st->redis);
+    free(st);
+}
+
+/* The calling thread's store, made on first use; NULL (logged) when it cannot be made. */
+static inline_store *inline_store_get(us_reader *rd)
+{
+    inline_store *st = pthread_getspecific(rd->inline_key);
+    if (st) return st;
+    char err[256];
+    us_redis *redis = us_redis_new(&rd->inline_cfg, err, sizeof(err));
+    if (!redis) { /* The reader threads made theirs from the same config: not expected. */
+        us_warn("reader: no store for inline reads: %s", err);
+        return NULL;
+    }
+    st = calloc(1, sizeof(*st));
+    if (!st) abort();
+    st->rd = rd;
+    st->redis = redis;
+    pthread_mutex_lock(&rd->mu);
+    st->next = rd->inline_list;
+    if (st->next) st->next->prev = st;
+    rd->inline_list = st;
+    pthread_mutex_unlock(&rd->mu);
+    pthread_setspecific(rd->inline_key, st);
+    return st;
+}
+
+int us_reader_read_inline(us_reader *rd, us_read_job *job)
+{
+    if (job->n == 0 || job->n > READER_INLINE_MAX_USERS) return 0;
+    /* Idle: nothing queued, no round trip and no other inline read under way. Under load one of
+     * these holds nearly always, and the read joins the batch instead. */
+    pthread_mutex_lock(&rd->mu);
+    int go = rd->head == NULL && rd->rounds_busy == 0 && rd->inline_busy == 0 &&
+             rd->healthy == 1 && rd->inline_ok && !rd->stop;
+    if (go) rd->inline_busy++;
+    pthread_mutex_unlock(&rd->mu);
+    if (!go) return 0;
+    inline_store *st = inline_store_get(rd);
+    char err[256] = "";
+    int ok = st && us_redis_get(st->redis, job->users, job->n, job->out, err, sizeof(err)) == 0;
+    pthread_mutex_lock(&rd->mu);
+    rd->inline_busy--;
+    if (ok)
+        rd->inline_reads++;
+    else if (st)
+        rd->inline_ok = 0;
+    pthread_mutex_unlock(&rd->mu);
+    if (!ok) {
+        if (st)
+            us_debug("reader: inline read of %zu users failed, handing it to the reader: %s",
+                     job->n, err);
+        return 0;
+    }
+    job->failed = 0;
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Life cycle.
+ * ------------------------------------------------------------------------------------------ */
 
 us_reader *us_reader_new(const us_config *cfg, int nthreads, char *err, size_t errlen)
 {
@@ -150,6 +270,13 @@ us_reader *us_reader_new(const us_config *cfg, int nthreads, char *err, size_t e
     pthread_condattr_destroy(&ca);
     rd->cfg = cfg;
     rd->healthy = -1;
+    rd->inline_ok = 1;
+    rd->inline_cfg = *cfg; /* Shallow: us_redis_new copies what it keeps. */
+    int64_t *ct = &rd->inline_cfg.user_status.redis_connect_timeout_ms;
+    int64_t *it = &rd->inline_cfg.user_status.redis_io_timeout_ms;
+    if (*ct > READER_INLINE_TIMEOUT_MS) *ct = READER_INLINE_TIMEOUT_MS;
+    if (*it > READER_INLINE_TIMEOUT_MS) *it = READER_INLINE_TIMEOUT_MS;
+    if (pthread_key_create(&rd->inline_key, inline_store_free) != 0) abort();
     snprintf(rd->health_err, sizeof(rd->health_err), "no Redis round trip yet");
     rd->threads = calloc((size_t)nthreads, sizeof(pthread_t));
     rd->redis = calloc((size_t)nthreads, sizeof(us_redis *));
@@ -206,6 +333,15 @@ void us_reader_free(us_reader *rd)
      * those of the jobs still queued) fail now. */
     for (int i = 0; i < rd->nthreads; i++) us_redis_interrupt(rd->redis[i]);
     for (int i = 0; i < rd->nthreads; i++) pthread_join(rd->threads[i], NULL);
+    /* No thread reads inline any more (see reader.h): free their stores here, since threads that
+     * outlive the reader would not run the key's destructor once it is deleted. */
+    pthread_key_delete(rd->inline_key);
+    while (rd->inline_list) {
+        inline_store *st = rd->inline_list;
+        rd->inline_list = st->next;
+        us_redis_free(st->redis);
+        free(st);
+    }
     free(rd->threads);
     free(rd->redis);
     pthread_cond_destroy(&rd->cv);

@@ -3,7 +3,13 @@
  * An HTTP thread that needs statuses hands a job to the reader and suspends the connection; a
  * reader thread takes every job queued meanwhile and reads all their users in one pipelined round
  * trip per Redis node, then wakes each job's waiter. Under load many requests share a round trip,
- * so the HTTP threads never sit idle waiting for Redis. */
+ * so the HTTP threads never sit idle waiting for Redis.
+ *
+ * When nothing is queued, though, there is nothing to batch with, and the handoff (a reader thread
+ * woken, the connection suspended and resumed) costs more than the read. A small read may then be
+ * done inline, on the caller's thread, over a connection of that thread's own, with a short I/O
+ * timeout (us_reader_read_inline); anything else, or an inline read that fails, goes to the
+ * batched reader. */
 #ifndef US_READER_H
 #define US_READER_H
 
@@ -11,6 +17,11 @@
 #include "redis_store.h"
 
 #include <stddef.h>
+
+#ifndef READER_INLINE_MAX_USERS
+#define READER_INLINE_MAX_USERS 8 /* Users of a read done inline at most; larger reads batch. */
+#endif
+#define READER_INLINE_TIMEOUT_MS 50 /* Connect/read/write timeout of inline reads. Milliseconds. */
 
 /* One command's read. The reader logs why a read failed; the job only learns that it did, so that
  * no request sees another one's users or the Redis topology. */
@@ -33,11 +44,21 @@ us_reader *us_reader_new(const us_config *cfg, int nthreads, char *err, size_t e
 /* Queues a job; job->done is called once it is finished. */
 void us_reader_submit(us_reader *rd, us_read_job *job);
 
+/* Reads job's users on the calling thread when that is cheaper than batching: job->n is at most
+ * READER_INLINE_MAX_USERS, no job is queued, Redis was healthy at the last round trip and no inline
+ * read timed out since. Returns 1 when the job is finished and its statuses are in job->out (done
+ * is not called), 0 when the caller must us_reader_submit it instead; an inline read that failed
+ * also returns 0 (reads are idempotent; the reader then logs the failure, if it persists). Blocks
+ * the caller at most READER_INLINE_TIMEOUT_MS per connect and per socket read or write. Each
+ * calling thread gets its own Redis connections, freed when the thread exits or with the reader. */
+int us_reader_read_inline(us_reader *rd, us_read_job *job);
+
 /* 0 when the last Redis round trip of the reader (a read, or the PING an idle reader thread sends
  * every READER_PING_MS) succeeded, else -1 with the reason in err. Never blocks on Redis. */
 int us_reader_health(us_reader *rd, char *err, size_t errlen);
 
-/* Finishes the queued jobs, stops the threads and frees. Accepts NULL. */
+/* Finishes the queued jobs, stops the threads and frees, with the inline connections of every
+ * thread: call it only once no other thread can call us_reader_read_inline. Accepts NULL. */
 void us_reader_free(us_reader *rd);
 
 #endif
