@@ -329,24 +329,32 @@ static void deliver(us_watch *w, const void *value, size_t len)
     us_jw_free(&out);
 }
 
-/* Appends a keep-alive comment to every stream. */
-static void keep_alive(us_watch *w)
+/* Appends text to every open stream, then, with close, ends each once drained. quiesce (under
+ * w->mu) refuses new streams from then on. */
+static void broadcast(us_watch *w, const char *text, size_t n, int close, int quiesce)
 {
-    static const char ping[] = ": keep-alive\n\n";
     pthread_mutex_lock(&w->mu);
-    size_t n = w->nstreams, k = 0;
-    stream **all = malloc((n ? n : 1) * sizeof(*all));
+    if (quiesce) w->quiesced = 1;
+    size_t total = w->nstreams, k = 0;
+    stream **all = malloc((total ? total : 1) * sizeof(*all));
     if (!all) abort();
-    for (stream *s = w->streams; s && k < n; s = s->next) {
+    for (stream *s = w->streams; s && k < total; s = s->next) {
         atomic_fetch_add(&s->refs, 1);
         all[k++] = s;
     }
     pthread_mutex_unlock(&w->mu);
     for (size_t i = 0; i < k; i++) {
-        stream_append(all[i], ping, sizeof(ping) - 1, 0);
+        stream_append(all[i], text, n, 0);
+        if (close) stream_close(all[i]);
         stream_unref(all[i]);
     }
     free(all);
+}
+
+static void keep_alive(us_watch *w)
+{
+    static const char ping[] = ": keep-alive\n\n";
+    broadcast(w, ping, sizeof(ping) - 1, 0, 0);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -571,22 +579,7 @@ void us_watch_quiesce(us_watch *w)
 {
     if (!w) return;
     static const char bye[] = "event: bye\ndata: {\"reason\":\"shutting down\"}\n\n";
-    pthread_mutex_lock(&w->mu);
-    w->quiesced = 1;
-    size_t n = w->nstreams, k = 0;
-    stream **all = malloc((n ? n : 1) * sizeof(*all));
-    if (!all) abort();
-    for (stream *s = w->streams; s && k < n; s = s->next) {
-        atomic_fetch_add(&s->refs, 1);
-        all[k++] = s;
-    }
-    pthread_mutex_unlock(&w->mu);
-    for (size_t i = 0; i < k; i++) {
-        stream_append(all[i], bye, sizeof(bye) - 1, 0);
-        stream_close(all[i]);
-        stream_unref(all[i]);
-    }
-    free(all);
+    broadcast(w, bye, sizeof(bye) - 1, 1, 1);
 }
 
 void us_watch_free(us_watch *w)
