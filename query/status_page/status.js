@@ -21,6 +21,7 @@
   const AWAY_AFTER_S = 5 * 60;
   const POLL_INTERVAL_MS = 2000;
   const RECONNECT_MS = 2000; /* Pause before opening a watch stream again after it ended. */
+  const RECONNECT_MAX_MS = 30000; /* The pause doubles up to this while the service is unreachable. */
   const WATCH_IDLE_MS = 45000; /* 3 keep-alive intervals (15 s) without a byte: the stream is dead. */
   const TICK_MS = 1000; /* Relative times ("3 min ago") are redrawn this often. */
   const CLOCK_SKEW_MIN_MS = 2000; /* The Date header has 1 s resolution: smaller skews are noise. */
@@ -258,17 +259,26 @@
   }
 
   /* Applies one event of the watch stream. "status": the full picture of a user; "change": a
-   * transition, with the times as they are now (a change without any time is a deletion). */
+   * transition, with the times as they are now (a change without any time is a deletion). Changes
+   * are delivered at least once: one older than the last applied is a replay and is skipped.
+   * "bye": the service is stopping (the stream then ends and is opened again). */
   function applyWatchEvent(type, data) {
-    if (type !== "status" && type !== "change") return;
     let d;
     try {
       d = JSON.parse(data);
     } catch (e) {
       return;
     }
+    if (type === "bye") {
+      setConnection("reconnecting", "The service closed the stream (" + (d.reason || "no reason") +
+                                    "); reconnecting.");
+      return;
+    }
+    if (type !== "status" && type !== "change") return;
     const u = users.get(d.user);
     if (!u) return;
+    if (type === "change" && u.since !== null && timeOrNull(d.since) !== null && d.since < u.since)
+      return;
     u.loaded = true;
     u.pushed = typeof d.status === "string" ? d.status : null;
     u.active = timeOrNull(d.active);
@@ -337,7 +347,8 @@
   }
 
   /* Watches through api/watch_user_status until the stream ends. Returns "ended", "stopped",
-   * "unauthorized", or {unavailable: reason} when the service does not offer the stream. */
+   * "unauthorized", "unreachable" (no answer at all), or {unavailable: reason} when the service
+   * answered but does not offer the stream. */
   async function watchStream(s) {
     const ctl = new AbortController(); /* This stream: the session's, or the idle timer's. */
     const stopStream = () => ctl.abort();
@@ -352,7 +363,7 @@
       try {
         res = await request("watch_user_status", { users: s.ids }, ctl.signal);
       } catch (e) {
-        return s.ctl.signal.aborted ? "stopped" : { unavailable: "no answer: " + e.message };
+        return s.ctl.signal.aborted ? "stopped" : "unreachable";
       }
       noteServerDate(res);
       if (res.status === 401) return "unauthorized";
@@ -406,15 +417,25 @@
     el.key.focus();
   }
 
+  /* The stream while the service offers it (opened again whenever it ends), polling when the
+   * service answers that it does not. */
   async function run(s) {
+    let wait = RECONNECT_MS;
     for (;;) {
       const outcome = await watchStream(s);
       if (outcome === "stopped" || s.ctl.signal.aborted) return;
       if (outcome === "unauthorized") return unauthorized(s);
       if (outcome.unavailable) return poll(s, outcome.unavailable);
-      setConnection("reconnecting", "The status stream ended; reconnecting.");
-      await pause(s, RECONNECT_MS);
+      if (outcome === "unreachable") {
+        setConnection("error", "Cannot reach the service; trying again in " + wait / 1000 + " s.");
+      } else {
+        wait = RECONNECT_MS;
+        if (el.connection.dataset.mode === "live")
+          setConnection("reconnecting", "The status stream ended; reconnecting.");
+      }
+      await pause(s, wait);
       if (s.ctl.signal.aborted) return;
+      if (outcome === "unreachable") wait = Math.min(wait * 2, RECONNECT_MAX_MS);
     }
   }
 
