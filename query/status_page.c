@@ -5,6 +5,10 @@
  * Everything the page does goes through the public HTTP API with the API key the user types in;
  * serving the files themselves needs no key, as they hold nothing secret.
  *
+ * One more file is made per request: settings.json, the status rules of this service's config
+ * (changes.offline_after, changes.away_after), so that the page derives a status while polling and
+ * explains it with the same numbers the workers use.
+ *
  * Every file is sent with a Content-Security-Policy that allows scripts, styles, images and
  * fetch() only from this origin and no inline script or style at all, so that text the page shows
  * (user ids, state strings: anyone who can publish events chooses them) can never run as code even
@@ -14,6 +18,7 @@
 #include "http_internal.h"
 #include "status_page_files.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* default-src 'self' covers script, style, img, font and connect (fetch() of the API); inline
@@ -25,6 +30,8 @@
     "frame-ancestors 'none'"
 
 #define INDEX_FILE "index.html"
+#define SETTINGS_FILE US_STATUS_PAGE_PATH "/settings.json"
+#define SETTINGS_MAX 128 /* Bytes of the settings JSON. */
 
 static const struct {
     const char *suffix;
@@ -79,6 +86,22 @@ static enum MHD_Result send_redirect(struct MHD_Connection *conn, const char *lo
     return rc;
 }
 
+/* Queues body (type, len bytes) with the headers every file of the page gets. mode says whether
+ * libmicrohttpd copies body or sends it in place. */
+static enum MHD_Result send_file(struct MHD_Connection *conn, const char *type, const void *body,
+                                 size_t len, enum MHD_ResponseMemoryMode mode)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)body, mode);
+    MHD_add_response_header(resp, "Content-Type", type);
+    MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    MHD_add_response_header(resp, "Content-Security-Policy", CSP);
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+    enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
+
 enum MHD_Result us_status_page_send(const us_config *cfg, struct MHD_Connection *conn,
                                     const char *url, const char *method)
 {
@@ -92,19 +115,16 @@ enum MHD_Result us_status_page_send(const us_config *cfg, struct MHD_Connection 
         return rc;
     }
     if (strcmp(url, US_STATUS_PAGE_PATH "/") == 0) return send_redirect(conn, "../status");
+    if (strcmp(url, SETTINGS_FILE) == 0) {
+        char json[SETTINGS_MAX];
+        int n = snprintf(json, sizeof(json), "{\"offline_after_ms\":%lld,\"away_after_ms\":%lld}",
+                         (long long)cfg->changes.offline_after_ms,
+                         (long long)cfg->changes.away_after_ms);
+        return send_file(conn, "application/json", json, (size_t)n, MHD_RESPMEM_MUST_COPY);
+    }
     const us_embedded_file *f = file_of(url);
     const char *type = f ? content_type_of(f->name) : NULL;
     if (!type) return send_text(conn, MHD_HTTP_NOT_FOUND, "not found\n");
-
     /* The bytes are static: libmicrohttpd sends them without a copy. */
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(f->len, (void *)f->data, MHD_RESPMEM_PERSISTENT);
-    MHD_add_response_header(resp, "Content-Type", type);
-    MHD_add_response_header(resp, "Cache-Control", "no-cache");
-    MHD_add_response_header(resp, "Content-Security-Policy", CSP);
-    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
-    MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
-    enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, resp);
-    MHD_destroy_response(resp);
-    return rc;
+    return send_file(conn, type, f->data, f->len, MHD_RESPMEM_PERSISTENT);
 }

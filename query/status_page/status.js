@@ -15,10 +15,10 @@
 "use strict";
 
 (function () {
-  /* Status derivation when no status is pushed: the defaults of the service's changes.offline_after
-   * and changes.away_after. Seconds. */
-  const OFFLINE_AFTER_S = 60;
-  const AWAY_AFTER_S = 5 * 60;
+  /* Status derivation when no status is pushed: the service's changes.offline_after and
+   * changes.away_after, from status/settings.json; until it answers, their defaults. Seconds. */
+  let offlineAfterS = 60;
+  let awayAfterS = 5 * 60;
   const POLL_INTERVAL_MS = 2000;
   const RECONNECT_MS = 2000; /* Pause before opening a watch stream again after it ended. */
   const RECONNECT_MAX_MS = 30000; /* The pause doubles up to this while the service is unreachable. */
@@ -63,13 +63,35 @@
     clockSkewMs = Math.abs(skew) >= CLOCK_SKEW_MIN_MS ? skew : 0;
   }
 
-  /* online when online or active within OFFLINE_AFTER_S; away when online so, but not active for
-   * AWAY_AFTER_S; offline otherwise. Times in Unix seconds, null when unknown. */
+  /* online when online or active within offlineAfterS; away when online so, but not active for
+   * awayAfterS; offline otherwise. Times in Unix seconds, null when unknown. */
   function deriveStatus(active, online, now) {
-    const recent = (t) => t !== null && now - t <= OFFLINE_AFTER_S;
+    const recent = (t) => t !== null && now - t <= offlineAfterS;
     if (!recent(active) && !recent(online)) return "offline";
-    if (active === null || now - active > AWAY_AFTER_S) return "away";
+    if (active === null || now - active > awayAfterS) return "away";
     return "online";
+  }
+
+  /* "90 s", "5 min", "2 h": a duration as the legend shows it. */
+  function duration(seconds) {
+    if (seconds >= 3600 && seconds % 3600 === 0) return seconds / 3600 + " h";
+    if (seconds >= 60 && seconds % 60 === 0) return seconds / 60 + " min";
+    return seconds + " s";
+  }
+
+  /* Reads the service's status rules (status/settings.json: offline_after_ms, away_after_ms). */
+  async function loadSettings() {
+    try {
+      const res = await fetch("status/settings.json", { cache: "no-store", credentials: "omit" });
+      const rules = res.ok ? await res.json() : {};
+      if (rules.offline_after_ms > 0) offlineAfterS = rules.offline_after_ms / 1000;
+      if (rules.away_after_ms > 0) awayAfterS = rules.away_after_ms / 1000;
+    } catch (e) {
+      /* The defaults stay. */
+    }
+    $("offline-after").textContent = duration(offlineAfterS);
+    $("away-after").textContent = duration(awayAfterS);
+    render();
   }
 
   /* "just now", "42 s ago", "3 min ago", "5 h ago", "2 days ago", then a date. */
@@ -550,8 +572,7 @@
     }
   }
 
-  document.getElementById("offline-after").textContent = OFFLINE_AFTER_S + " s";
-  document.getElementById("away-after").textContent = AWAY_AFTER_S / 60 + " min";
   setInterval(render, TICK_MS);
+  loadSettings();
   restore();
 })();

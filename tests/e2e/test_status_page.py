@@ -34,6 +34,7 @@ PAGE_FILES = {
     "/status/status.js": "text/javascript; charset=utf-8",
     "/status/status.css": "text/css; charset=utf-8",
     "/status/icon.svg": "image/svg+xml",
+    "/status/settings.json": "application/json",
 }
 UPDATE_SHOWN_WITHIN = 10.0  # Seconds: Kafka, the worker, Redis, then at most one 2 s poll.
 
@@ -77,6 +78,9 @@ def test_status_page_files_have_their_type_no_cache_and_a_strict_csp(ns):
     assert "<style" not in html and " style=" not in html and "javascript:" not in html
     for url in re.findall(r'(?:src|href)="([^"]*)"', html):
         assert not re.match(r"([a-z]+:)?//", url), url
+
+    assert requests.get(q.url + "/status/settings.json", timeout=5).json() == {
+        "offline_after_ms": 60000, "away_after_ms": 300000}
 
     r = requests.get(q.url + "/status/", timeout=5, allow_redirects=False)
     assert r.status_code == 308 and r.headers["Location"] == "../status"
@@ -212,6 +216,26 @@ def test_mark_active_turns_an_away_user_online_and_the_key_may_stay_in_the_tab(n
     # A reload in the same tab watches the same users again with the kept key.
     browser.refresh()
     wait_badge(browser, "carol", "online")
+    assert_no_console_errors(browser)
+
+
+@needs_browser
+def test_polling_page_derives_the_status_with_the_services_rules(ns, browser):
+    cfg = page_config(ns)
+    cfg["changes"].update(enabled=False, offline_after="90s", away_after="10m")
+    ns.start_worker(cfg)
+    q = ns.start_query(cfg)
+    # Under the default rules (60 s, 5 min) dan would be away and erin offline.
+    ns.producer.event("online", "dan", time_ms=now_ms())
+    ns.producer.event("active", "dan", time_ms=now_ms() - 7 * 60 * 1000)
+    ns.producer.event("active", "erin", time_ms=now_ms() - 80 * 1000)
+    ns.producer.flush()
+    open_page(browser, q.url, "dan\nerin")
+    WebDriverWait(browser, 5).until(lambda d: connection_mode(d) == "polling")
+    wait_badge(browser, "dan", "online")
+    wait_badge(browser, "erin", "online")
+    assert browser.find_element(By.ID, "offline-after").text == "90 s"
+    assert browser.find_element(By.ID, "away-after").text == "10 min"
     assert_no_console_errors(browser)
 
 
