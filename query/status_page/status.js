@@ -35,6 +35,7 @@
     ids: $("user-ids"),
     stopButton: $("stop"),
     formError: $("form-error"),
+    actionError: $("action-error"),
     connection: $("connection"),
     empty: $("empty"),
     list: $("user-list"),
@@ -425,7 +426,7 @@
         el.connection.dataset.updated = String(Date.now());
       } catch (e) {
         if (s.ctl.signal.aborted) return;
-        if (e.status === 401) return unauthorized(s);
+        if (e.status === 401) return unauthorized();
         setConnection("error", (e instanceof ApiError ? e.message : "Could not reach the service.") +
                                " Retrying.");
       }
@@ -433,8 +434,13 @@
     }
   }
 
-  function unauthorized(s) {
+  /* The key was refused: stop, forget it (the variable and the tab's storage) and ask again. */
+  function unauthorized() {
     stop();
+    apiKey = "";
+    keepKeyOrForget();
+    el.key.placeholder = "";
+    el.key.required = true;
     setConnection("error", "The API key was refused (HTTP 401). Enter the right key and press Watch.");
     el.key.focus();
   }
@@ -446,7 +452,7 @@
     for (;;) {
       const outcome = await watchStream(s);
       if (outcome === "stopped" || s.ctl.signal.aborted) return;
-      if (outcome === "unauthorized") return unauthorized(s);
+      if (outcome === "unauthorized") return unauthorized();
       if (outcome.unavailable) return poll(s, outcome.unavailable);
       if (outcome === "unreachable") {
         setConnection("error", "Cannot reach the service; trying again in " + wait / 1000 + " s.");
@@ -481,13 +487,15 @@
 
   async function markActive(id, button) {
     button.disabled = true;
+    showActionError("");
     try {
       await call("update_user_status", { users: [id] });
       announce(id + " marked active.");
       if (session && session.wake) session.wake(); /* Polling: show it now, not in 2 s. */
     } catch (e) {
-      if (e.status === 401) return unauthorized(session);
-      setConnection("error", e instanceof ApiError ? e.message : "Could not reach the service.");
+      if (e.status === 401) return unauthorized();
+      showActionError("Could not mark " + id + " active: " +
+                      (e instanceof ApiError ? e.message : "the service did not answer."));
     } finally {
       button.disabled = false;
     }
@@ -505,6 +513,11 @@
   function showFormError(text) {
     el.formError.hidden = !text;
     el.formError.textContent = text || "";
+  }
+
+  function showActionError(text) {
+    el.actionError.hidden = !text;
+    el.actionError.textContent = text || "";
   }
 
   function keyIsSet() {

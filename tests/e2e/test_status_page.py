@@ -220,16 +220,20 @@ def test_mark_active_turns_an_away_user_online_and_the_key_may_stay_in_the_tab(n
 
 
 @needs_browser
-def test_a_wrong_key_is_reported_and_watching_stops(ns, browser):
+def test_a_wrong_key_is_reported_forgotten_and_watching_stops(ns, browser):
     q = ns.start_query(page_config(ns))
     browser.get(q.url + "/status")
     browser.find_element(By.ID, "api-key").send_keys("not-the-key")
+    browser.find_element(By.ID, "remember-key").click()
     browser.find_element(By.ID, "user-ids").send_keys("frank")
     browser.find_element(By.ID, "watch").click()
     WebDriverWait(browser, 5).until(lambda d: connection_mode(d) == "error")
     assert "API key was refused" in browser.find_element(By.ID, "connection").text
     assert browser.find_element(By.ID, "stop").get_attribute("disabled") == "true"
     assert browser.switch_to.active_element.get_attribute("id") == "api-key"
+    # A refused key is forgotten, also from the tab's storage.
+    assert browser.execute_script("return sessionStorage.length") == 0
+    assert browser.find_element(By.ID, "api-key").get_attribute("placeholder") == ""
     assert_no_console_errors(browser, allowed=("401",))
 
 
