@@ -461,6 +461,10 @@ static int health(void *arg, char *msg, size_t msglen)
         snprintf(msg, msglen, "starting: Kafka topic metadata not known yet");
         return 0;
     }
+    if (!us_watch_ready(api->watch)) {
+        snprintf(msg, msglen, "starting: the changes topic is not followed yet");
+        return 0;
+    }
     if (us_reader_health(api->reader, err, sizeof(err)) != 0) {
         snprintf(msg, msglen, "unhealthy: Redis: %s", err);
         return 0;

@@ -866,9 +866,7 @@ void us_changes_tick(us_changes *c, us_redis *store)
 int us_changes_ensure_topic(us_changes *c, int timeout_ms, char *err, size_t errlen)
 {
     if (!c) return 0;
-    static const char *const configs[][2] = {{"cleanup.policy", "compact"}};
-    return us_kafka_ensure_topic(c->producer, c->cfg, c->cfg->changes.topic, configs, 1,
-                                 timeout_ms, err, errlen);
+    return us_kafka_ensure_changes_topic(c->producer, c->cfg, timeout_ms, err, errlen);
 }
 
 static struct timeval ms_to_tv(int64_t ms)
