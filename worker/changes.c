@@ -67,7 +67,8 @@ typedef struct ch_user {
     int32_t partition;
     us_presence p;
     int known;        /* Has an entry in the index. */
-    int64_t limit;    /* Scan: advance up to this time. */
+    int64_t limit;     /* Scan: advance up to this time. */
+    int64_t evaluated; /* Time the machine was advanced to (latest event, or the scan limit). */
     int64_t deadline; /* After the machine ran: next deadline or US_PRESENCE_NONE. */
     int has_out;      /* Produced at least one change. */
     us_status store;  /* The status store's view (for users with changes, or scanned). */
@@ -363,6 +364,7 @@ static uint32_t user_find_or_add(us_changes *c, const char *id, size_t len, int3
     u->id = id;
     u->len = len;
     u->partition = partition;
+    u->evaluated = US_PRESENCE_NONE;
     us_presence_init(&u->p);
     c->slots[s] = (uint32_t)++c->nusers;
     return (uint32_t)(c->nusers - 1);
@@ -448,7 +450,7 @@ static int write_index(us_changes *c, char *err, size_t errlen)
         size_t nset = 0, ndel = 0;
         for (size_t j = i; j < end; j++) {
             ch_user *u = &c->users[c->order[j]];
-            u->deadline = us_presence_deadline(&c->rules, &u->p);
+            u->deadline = us_presence_deadline(&c->rules, &u->p, u->evaluated);
             if (u->deadline != US_PRESENCE_NONE) {
                 nset++;
                 us_presence_format(&u->p, u->text, sizeof(u->text));
@@ -654,6 +656,7 @@ static int publish_and_record(us_changes *c, us_redis *store, int scanned, int r
                 u->p.online = u->store.online * 1000;
             us_transition tr[US_PRESENCE_MAX_TRANSITIONS];
             out_push(c, (uint32_t)i, tr, us_presence_advance(&c->rules, &u->p, u->limit, tr));
+            u->evaluated = u->limit;
         }
     }
     delay = RETRY_BACKOFF_MIN_MS;
@@ -692,9 +695,10 @@ int us_changes_settle(us_changes *c, us_redis *store)
     c->nouts = 0;
     for (size_t i = 0; i < c->nevents; i++) {
         const ch_event *e = &c->events[i];
+        ch_user *u = &c->users[e->user];
         us_transition tr[US_PRESENCE_MAX_TRANSITIONS];
-        out_push(c, e->user, tr,
-                 us_presence_apply(&c->rules, &c->users[e->user].p, e->type, e->t, tr));
+        out_push(c, e->user, tr, us_presence_apply(&c->rules, &u->p, e->type, e->t, tr));
+        if (e->t > u->evaluated) u->evaluated = e->t;
     }
     return publish_and_record(c, store, 0, 1);
 }

@@ -254,3 +254,18 @@ def test_disabled_changes_create_no_topic_and_no_index(ns, redis):
         c.close()
     assert redis("KEYS", ns.prefix + "#*") == []
     assert "status changes" not in w.log()
+
+
+def test_index_forgets_offline_users_once_their_activity_is_stale(ns, reader, redis):
+    ns.start_worker(changes_cfg(ns, offline="1s", away="2s"))
+    r = reader()
+    t = whole_second_ms()
+    ns.producer.event("active", "u5", time_ms=t)
+    ns.producer.flush()
+    r.wait_for(lambda: len(r.seq.get("u5", [])) >= 2, what="u5 online then offline")
+    assert r.seq["u5"] == [("online", t), ("offline", t + 1000)]
+    # Kept until its activity is older than away_after (a quick return is "online"), then dropped:
+    # the index holds no user that can no longer change by itself.
+    wait_until(lambda: redis("KEYS", ns.prefix + "#*") == [], timeout=10, what="an empty index")
+    r.poll(1.0)
+    assert r.seq["u5"] == [("online", t), ("offline", t + 1000)]
