@@ -127,7 +127,8 @@ struct us_changes {
 
     ch_part *parts;
     size_t nparts, cap_parts, scan_cursor;
-    int64_t last_scan_ms;
+    int64_t next_scan_ms;
+    int64_t scan_backoff_ms; /* After a failed scan: wait this long (doubling) before the next. */
     int64_t next_resolve_ms; /* Earliest time to ask the broker about new partitions again. */
 
     /* Pipeline of the operation in progress. */
@@ -791,6 +792,19 @@ static int64_t scan_limit(us_changes *c, const ch_part *p, int64_t now)
     return p->last_ts >= 0 ? p->last_ts - SCAN_GRACE_MS : US_PRESENCE_NONE;
 }
 
+/* A scan failed: logs it and delays the next one (RETRY_BACKOFF_MIN_MS doubling up to
+ * RETRY_BACKOFF_MAX_MS), so that a Redis outage neither floods the log nor stalls the consumer
+ * loop on connection attempts every CHANGES_SCAN_INTERVAL_MS. */
+static void scan_failed(us_changes *c, const char *what, const char *err)
+{
+    step_failed(c, what, err);
+    c->scan_backoff_ms = c->scan_backoff_ms ? c->scan_backoff_ms * 2 : RETRY_BACKOFF_MIN_MS;
+    if (c->scan_backoff_ms > RETRY_BACKOFF_MAX_MS) c->scan_backoff_ms = RETRY_BACKOFF_MAX_MS;
+    c->next_scan_ms = now_ms() + c->scan_backoff_ms;
+    us_error("status changes: %s: %s; next scan in %lld ms", what, err,
+             (long long)c->scan_backoff_ms);
+}
+
 static void hold_free(us_changes *c)
 {
     for (size_t i = 0; i < c->nheld; i++) freeReplyObject(c->held[i]);
@@ -801,8 +815,8 @@ void us_changes_tick(us_changes *c, us_redis *store)
 {
     if (!c || c->nparts == 0) return;
     int64_t now = now_ms();
-    if (now - c->last_scan_ms < CHANGES_SCAN_INTERVAL_MS) return;
-    c->last_scan_ms = now;
+    if (now < c->next_scan_ms) return;
+    c->next_scan_ms = now + CHANGES_SCAN_INTERVAL_MS;
     resolve_starts(c);
 
     char err[1024], dkey[KEY_MAX], limit_text[SCORE_MAX], count[SCORE_MAX];
@@ -831,8 +845,7 @@ void us_changes_tick(us_changes *c, us_redis *store)
     c->scan_cursor = c->nparts ? (c->scan_cursor + nscan) % c->nparts : 0;
     if (nscan == 0) return;
     if (pl_run(c, err, sizeof(err)) != 0) {
-        step_failed(c, "scanning deadlines", err);
-        us_error("status changes: scanning deadlines: %s (next scan retries)", err);
+        scan_failed(c, "scanning deadlines", err);
         return;
     }
     /* The users point into the replies: keep them until the scan is done. */
@@ -847,17 +860,22 @@ void us_changes_tick(us_changes *c, us_redis *store)
         }
     }
     pl_reset(c);
-    if (c->nusers == 0) steps_succeeded(c);
+    if (c->nusers == 0) {
+        steps_succeeded(c);
+        c->scan_backoff_ms = 0;
+    }
     if (c->nusers > 0) {
         order_users(c);
         if (read_index(c, err, sizeof(err)) != 0) {
-            step_failed(c, "reading the deadline index", err);
-            us_error("status changes: reading the deadline index: %s (next scan retries)", err);
+            scan_failed(c, "reading the deadline index", err);
         } else {
             /* Listed in the deadlines: remove them even when the hash lost them. */
             for (size_t i = 0; i < c->nusers; i++) c->users[i].known = 1;
             c->nouts = 0;
-            publish_and_record(c, store, 1, 0);
+            if (publish_and_record(c, store, 1, 0) != 0)
+                scan_failed(c, "publishing due deadlines", "see above");
+            else
+                c->scan_backoff_ms = 0;
         }
     }
     users_reset(c);
