@@ -93,9 +93,9 @@ def run(build, users, partitions, changes):
             total = mem = 0
             for part in range(partitions):
                 for kind in ("status", "deadlines"):
-                    key = "%s#changes:%s:%s:%d" % (prefix, kind, topic, part)
+                    key = "%s#changes:%s:{%s:%d}" % (prefix, kind, topic, part)
                     mem += r("MEMORY", "USAGE", key, "SAMPLES", "0") or 0
-                total += r("ZCARD", "%s#changes:deadlines:%s:%d" % (prefix, topic, part))
+                total += r("ZCARD", "%s#changes:deadlines:{%s:%d}" % (prefix, topic, part))
             out["index_users"] = total
             out["index_bytes_per_user"] = mem / max(total, 1)
         out["store_bytes_per_user"] = r("MEMORY", "USAGE", prefix + ":user-000001", "SAMPLES", "0")

@@ -269,3 +269,42 @@ def test_index_forgets_offline_users_once_their_activity_is_stale(ns, reader, re
     wait_until(lambda: redis("KEYS", ns.prefix + "#*") == [], timeout=10, what="an empty index")
     r.poll(1.0)
     assert r.seq["u5"] == [("online", t), ("offline", t + 1000)]
+
+
+@pytest.mark.parametrize("kind", ["shards", "cluster", "sentinel"])
+def test_changes_on_every_redis_topology_while_it_changes(ns, reader, kind):
+    """50 users come online; while they are silent, the cluster moves half its slots (the index
+    keys follow MOVED) or Sentinel fails over (the index follows the new master; WAIT keeps its
+    writes on the replica); every user still goes offline exactly once, on time."""
+    from topology import Cluster, Sentinel, Shards
+
+    topo = {"shards": Shards, "cluster": Cluster, "sentinel": Sentinel}[kind]()
+    try:
+        us = dict(topo.config(), redis_wait_replicas=1) if kind == "sentinel" else topo.config()
+        w = ns.start_worker(changes_cfg(ns, offline="5s", away="30s", user_status=us))
+        r = reader()
+        t = whole_second_ms()
+        users = ["t%d" % i for i in range(50)]
+        for u in users:
+            ns.producer.event("active", u, time_ms=t)
+        ns.producer.flush()
+        r.wait_for(lambda: all(r.seq.get(u) for u in users), what="50 users online")
+        if kind == "cluster":  # every slot of the node holding partition 0's index moves
+            owner = topo.owner_of("%s#changes:status:{%s:0}" % (ns.prefix, ns.topic))
+            assert owner is not None
+            other = next(n for n in topo.nodes if n is not owner)
+            owned = sum(last - first + 1 for first, last, *_ in owner.call("CLUSTER", "SLOTS")
+                        if _[0][1] == owner.port)
+            topo.reshard(owner, other, owned)
+        if kind == "sentinel":
+            topo.failover()
+        r.wait_for(lambda: all(len(r.seq.get(u, [])) >= 2 for u in users), timeout=60,
+                   what="50 users offline")
+        r.poll(1.0)
+        wrong = {u: r.seq[u] for u in users if r.seq[u] != [("online", t), ("offline", t + 5000)]}
+        assert not wrong, wrong
+        if kind == "cluster":
+            assert "MOVED" in w.log() or "ASK" in w.log()  # the index followed the slots
+        w.stop_ok()
+    finally:
+        topo.stop()
