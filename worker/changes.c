@@ -5,13 +5,14 @@
  * For every partition p of the events topic, two Redis keys hold the users of p whose status may
  * still change by itself (not offline, or offline with an activity time that still matters):
  *
- *   <prefix>#changes:status:<topic>:<p>     hash: user id -> us_presence text ("o <since> <a> <o>")
- *   <prefix>#changes:deadlines:<topic>:<p>  sorted set: user id, score = next deadline (Unix ms)
+ *   <prefix>#changes:status:{<topic>:<p>}     hash: user id -> us_presence text ("o <since> <a> <o>")
+ *   <prefix>#changes:deadlines:{<topic>:<p>}  sorted set: user id, score = next deadline (Unix ms)
  *
  * ('#', not ':', so that no user id can name them: user keys are "<prefix>:<user id>".) Both keys
  * belong to the partition, so whoever owns the partition -- after a crash or a rebalance, the next
  * owner -- finds the deadlines there. Both get the user TTL (user_status.expire_interval) on every
- * write. With client-side shards the pair lives on the shard of "<topic>:<p>".
+ * write. The pair lives on the shard of "<topic>:<p>" (client-side shards), on the master the
+ * sentinels name, or on the cluster master of its slot (the hash tag keeps both in one slot).
  *
  * Event path (us_changes_settle, once per batch, after the batch is in Redis)
  * ----------------------------------------------------------------------------
