@@ -104,10 +104,12 @@ size_t us_presence_apply(const us_presence_rules *r, us_presence *p, us_event_ty
     return n;
 }
 
-int64_t us_presence_deadline(const us_presence_rules *r, const us_presence *p)
+int64_t us_presence_deadline(const us_presence_rules *r, const us_presence *p, int64_t evaluated)
 {
+    /* Breakpoints up to `evaluated` were handled by the advance that got there: one whose status
+     * equals the current one (an offline user's activity going stale) must not stay due. */
     int64_t b[2];
-    return breakpoints(r, p, p->since, b) ? b[0] : US_PRESENCE_NONE;
+    return breakpoints(r, p, max64(p->since, evaluated), b) ? b[0] : US_PRESENCE_NONE;
 }
 
 const char *us_status_kind_name(us_status_kind s)
