@@ -95,11 +95,22 @@ static const key_desc keys[] = {
     {"proxy.online_interval", KEY_DUR, F(proxy.online_interval_ms), "25s", 1000, DAY_MS},
     {"proxy.active_debounce", KEY_DUR, F(proxy.active_debounce_ms), "1s", 0, 3600 * 1000},
     {"proxy.ack_timeout", KEY_DUR, F(proxy.ack_timeout_ms), "500ms", 10, 60 * 1000},
+    {"grpc_api.enabled", KEY_BOOL, F(grpc_api.enabled), "false", 0, 0},
+    {"grpc_api.address", KEY_STR, F(grpc_api.address), "", 0, 0},
+    {"grpc_api.port", KEY_INT, F(grpc_api.port), "10000", 1, 65535},
+    {"grpc_api.key", KEY_STR, F(grpc_api.key), "", 0, 0},
+    {"grpc_api.error_mode", KEY_STR, F(grpc_api.error_mode), "", 0, 0},
+    {"grpc_api.max_receive_message_size", KEY_INT, F(grpc_api.max_receive_message_size),
+     "4194304", 1024, 1 << 30},
+    {"grpc_api.tls.enabled", KEY_BOOL, F(grpc_api.tls.enabled), "false", 0, 0},
+    {"grpc_api.tls.cert_pem", KEY_STR, F(grpc_api.tls.cert_pem), "", 0, 0},
+    {"grpc_api.tls.key_pem", KEY_STR, F(grpc_api.tls.key_pem), "", 0, 0},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
-/* Sections: objects whose members are keys "<section>.<member>". */
-static const char *sections[] = {"user_status", "kafka", "worker", "query", "proxy"};
+/* Sections: objects whose members are keys "<section>.<member>"; a section may hold sections. */
+static const char *sections[] = {"user_status", "kafka",    "worker",      "query",
+                                 "proxy",       "grpc_api", "grpc_api.tls"};
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -335,12 +346,12 @@ static int load_object(us_config *cfg, json_t *obj, const char *section, char *e
             continue;
         }
         int is_section = 0;
-        for (size_t i = 0; !section && i < sizeof(sections) / sizeof(sections[0]); i++)
-            is_section |= strcmp(name, sections[i]) == 0;
+        for (size_t i = 0; i < sizeof(sections) / sizeof(sections[0]); i++)
+            is_section |= strcmp(path, sections[i]) == 0;
         if (!is_section) return fail(err, errlen, "unknown config key '%s'", path);
         if (!json_is_object(v))
             return fail(err, errlen, "config key '%s': must be an object", path);
-        if (load_object(cfg, v, name, err, errlen) != 0) return -1;
+        if (load_object(cfg, v, path, err, errlen) != 0) return -1;
     }
     return 0;
 }
@@ -451,6 +462,15 @@ int us_config_load(us_config *cfg, const char *path, char **envp,
                     "'user_status.redis_sentinel_address'");
     if (strcmp(cfg->kafka.topic, cfg->kafka.dlq_topic) == 0)
         return fail(err, errlen, "config key 'kafka.dlq_topic': must differ from 'kafka.topic'");
+    if (strcmp(cfg->grpc_api.error_mode, "") && strcmp(cfg->grpc_api.error_mode, "transport"))
+        return fail(err, errlen,
+                    "config key 'grpc_api.error_mode': '%s' is not \"\" or \"transport\"",
+                    cfg->grpc_api.error_mode);
+    if (cfg->grpc_api.tls.enabled &&
+        (cfg->grpc_api.tls.cert_pem[0] == '\0' || cfg->grpc_api.tls.key_pem[0] == '\0'))
+        return fail(err, errlen,
+                    "config keys 'grpc_api.tls.cert_pem' and 'grpc_api.tls.key_pem': both required "
+                    "with 'grpc_api.tls.enabled'");
     return 0;
 }
 

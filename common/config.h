@@ -76,6 +76,21 @@ typedef struct us_config {
         int64_t active_debounce_ms; /* At most one RPC "active" event per user per this; 0: off. */
         int64_t ack_timeout_ms;     /* Longest wait for the broker before answering anyway. */
     } proxy;
+
+    /* The gRPC server API of userstatus-query (Centrifugo v6's grpc_api section). */
+    struct {
+        bool enabled;
+        char *address; /* Empty: every address of the host. */
+        int port;
+        char *key;        /* "authorization: apikey <key>"; empty only with api_insecure. */
+        char *error_mode; /* "" (errors in the response) or "transport" (gRPC statuses). */
+        int max_receive_message_size; /* Bytes. */
+        struct {
+            bool enabled;
+            char *cert_pem; /* PEM text, or the path of a PEM file. */
+            char *key_pem;
+        } tls;
+    } grpc_api;
 } us_config;
 
 /* One override from the command line: a key path ("user_status.redis_address") and its text. */
