@@ -2,10 +2,12 @@
  *
  * Life of a call
  * --------------
- * The server has one completion queue, served by one thread. For each of the four methods, and for
- * "any other method", a few calls are always requested ahead (grpc_server_request_registered_call,
- * grpc_server_request_call); each request is an `rpc` whose address is the tag. When a call
- * arrives, the queue thread requests a replacement, checks the API key, unpacks the message with
+ * The server has one completion queue, served by query.threads threads (default: one per core);
+ * the threads that wait on the queue are also the ones that poll the sockets, so one thread would
+ * cap the API at one core. For each of the four methods, and for "any other method", a few calls
+ * are always requested ahead (grpc_server_request_registered_call, grpc_server_request_call); each
+ * request is an `rpc` whose address is the tag. When a call arrives, the queue thread that got it
+ * requests a replacement, checks the API key, unpacks the message with
  * protobuf-c, turns it into a call of the command core and starts it. The core runs the commands
  * without blocking anyone and calls on_call_done from one of its threads; there the answer is
  * packed and handed to grpc_call_start_batch (thread-safe) with the rpc as tag again. When that
@@ -37,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define SERVICE_PREFIX "/centrifugal.centrifugo.api.CentrifugoApi/"
 #define REQUESTS_AHEAD 8        /* Calls requested in advance per method. */
@@ -119,11 +122,11 @@ struct us_grpc {
     grpc_server *server;
     grpc_completion_queue *cq;
     void *registered[NMETHODS];
-    pthread_t thread;
-    int thread_started;
-    int started; /* grpc_server_start was called. */
+    pthread_t *threads; /* Serving the completion queue. */
+    size_t nthreads;    /* Started. */
+    int started;        /* grpc_server_start was called. */
     tag_kind shutdown_tag;
-    int shutdown_seen; /* Queue thread only. */
+    atomic_int shutdown_seen;
     atomic_int stopping;
     atomic_size_t live; /* rpcs allocated and not freed. */
     char *auth;         /* The whole expected authorization value, NULL: no check. */
@@ -588,7 +591,7 @@ static void serve(rpc *r)
 static void on_event(us_grpc *g, void *tag, int ok)
 {
     if (*(tag_kind *)tag == TAG_SHUTDOWN) {
-        g->shutdown_seen = 1;
+        atomic_store(&g->shutdown_seen, 1);
         return;
     }
     rpc *r = tag;
@@ -614,7 +617,7 @@ static void *cq_thread(void *arg)
         grpc_event ev = grpc_completion_queue_next(g->cq, wake, NULL);
         if (ev.type == GRPC_OP_COMPLETE) on_event(g, ev.tag, ev.success);
         if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
-        if (g->shutdown_seen && atomic_load(&g->live) == 0) break;
+        if (atomic_load(&g->shutdown_seen) && atomic_load(&g->live) == 0) break;
     }
     return NULL;
 }
@@ -786,14 +789,19 @@ us_grpc *us_grpc_start(const us_config *cfg, us_core *core, char *err, size_t er
                 us_grpc_stop(g);
                 return NULL;
             }
-    if (pthread_create(&g->thread, NULL, cq_thread, g) != 0) {
-        snprintf(err, errlen, "grpc_api: cannot start the completion queue thread");
-        us_grpc_stop(g);
-        return NULL;
-    }
-    g->thread_started = 1;
-    us_info("serving the gRPC API on %s (%s)", addr,
-            cfg->grpc_api.tls.enabled ? "TLS" : "plaintext");
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    size_t want = cfg->query.threads > 0 ? (size_t)cfg->query.threads
+                                         : (size_t)(cores > 0 ? cores : 1);
+    g->threads = calloc(want, sizeof(pthread_t));
+    if (!g->threads) abort();
+    for (; g->nthreads < want; g->nthreads++)
+        if (pthread_create(&g->threads[g->nthreads], NULL, cq_thread, g) != 0) {
+            snprintf(err, errlen, "grpc_api: cannot start a completion queue thread");
+            us_grpc_stop(g);
+            return NULL;
+        }
+    us_info("serving the gRPC API on %s (%s) with %zu threads", addr,
+            cfg->grpc_api.tls.enabled ? "TLS" : "plaintext", g->nthreads);
     return g;
 }
 
@@ -804,10 +812,10 @@ void us_grpc_stop(us_grpc *g)
     if (g->started) {
         grpc_server_shutdown_and_notify(g->server, g->cq, &g->shutdown_tag);
         grpc_server_cancel_all_calls(g->server);
-        if (g->thread_started) {
-            pthread_join(g->thread, NULL);
+        if (g->nthreads > 0) {
+            for (size_t i = 0; i < g->nthreads; i++) pthread_join(g->threads[i], NULL);
         } else { /* Start failed after the server started: drain here. */
-            while (!g->shutdown_seen || atomic_load(&g->live) > 0) {
+            while (!atomic_load(&g->shutdown_seen) || atomic_load(&g->live) > 0) {
                 grpc_event ev = grpc_completion_queue_next(
                     g->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
                 if (ev.type != GRPC_OP_COMPLETE) break;
@@ -828,6 +836,7 @@ void us_grpc_stop(us_grpc *g)
     }
     if (atomic_load(&g->live) > 0)
         us_warn("grpc: %zu call(s) not released at stop", (size_t)atomic_load(&g->live));
+    free(g->threads);
     free(g->auth);
     free(g);
 }

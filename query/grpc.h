@@ -15,8 +15,9 @@ typedef struct us_grpc us_grpc;
  * api_insecure. Returns 0, or -1 with err naming the key. */
 int us_grpc_check_config(const us_config *cfg, char *err, size_t errlen);
 
-/* Starts serving grpc_api.address:grpc_api.port (insecure or TLS) with one completion-queue
- * thread; commands run through core, which must outlive the server. Returns NULL with err set. */
+/* Starts serving grpc_api.address:grpc_api.port (insecure or TLS), one completion queue served by
+ * query.threads threads; commands run through core, which must outlive the server. Returns NULL
+ * with err set. */
 us_grpc *us_grpc_start(const us_config *cfg, us_core *core, char *err, size_t errlen);
 
 /* Shuts the server down: no new calls, calls in flight cancelled; waits until every call the core
