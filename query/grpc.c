@@ -7,12 +7,12 @@
  * cap the API at one core. For each of the four methods, and for "any other method", a few calls
  * are always requested ahead (grpc_server_request_registered_call, grpc_server_request_call); each
  * request is an `rpc` whose address is the tag. When a call arrives, the queue thread that got it
- * requests a replacement, checks the API key, unpacks the message with
- * protobuf-c, turns it into a call of the command core and starts it. The core runs the commands
- * without blocking anyone and calls on_call_done from one of its threads; there the answer is
- * packed and handed to grpc_call_start_batch (thread-safe) with the rpc as tag again. When that
- * batch completes, the queue thread frees the rpc. The unpacked request owns the user id and state
- * strings the core points at, so it lives as long as the rpc.
+ * requests a replacement, checks the API key, unpacks the message with protobuf-c, turns it into a
+ * call of the command core and starts it. The core runs the commands without blocking anyone and
+ * calls on_call_done from one of its threads; there the answer is packed and handed to
+ * grpc_call_start_batch (thread-safe) with the rpc as tag again. When that batch completes, a
+ * queue thread frees the rpc. The unpacked request owns the user id and state strings the core
+ * points at, so it lives as long as the rpc.
  *
  * Shutdown: grpc_server_shutdown_and_notify stops admitting calls and cancels the requested ones
  * (they complete with ok = 0); grpc_server_cancel_all_calls cancels those in flight. Calls still in
