@@ -47,6 +47,13 @@ struct MHD_Response *us_admin_metrics_response(void)
     return resp;
 }
 
+us_api_metrics us_api_metrics_mode(const us_config *cfg)
+{
+    if (cfg->query.metrics_port != 0) return US_API_METRICS_ELSEWHERE;
+    if (cfg->query.metrics_require_key && !cfg->api_insecure) return US_API_METRICS_KEY;
+    return US_API_METRICS_OPEN;
+}
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url,
                               const char *method, const char *version, const char *upload_data,
                               size_t *upload_data_size, void **con_cls)

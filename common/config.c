@@ -3,7 +3,13 @@
  * Every key is described once, in the table below: its path, its type, where it lives in
  * us_config, its default and its bounds. Defaults, environment variables and flags arrive as text
  * and go through one parser (set_from_text); the JSON file goes through set_from_json, which checks
- * the JSON type first. Keys that are not in the table stop loading with an error naming them. */
+ * the JSON type first. Keys that are not in the table stop loading with an error naming them.
+ *
+ * Some settings have a second spelling, Centrifugo v6's (user_status.redis.address for v5's
+ * user_status.redis_address, engine.redis.* for the top-level redis_*): the alias table maps it to
+ * the key of the main table. While loading, every setting remembers which spelling the file and the
+ * environment used, so that one setting given in two spellings is refused instead of one of them
+ * silently winning. Objects in the file are sections when some key's path continues below them. */
 #include "config.h"
 
 #include "duration.h"
@@ -36,6 +42,7 @@ typedef struct key_desc {
 
 #define F(field) offsetof(us_config, field)
 #define DAY_MS (24LL * 3600 * 1000)
+#define REDIS_DB_MAX 65535 /* As in redis:// addresses; Redis itself has 16 unless configured. */
 
 static const key_desc keys[] = {
     {"api_key", KEY_STR, F(api_key), "", 0, 0},
@@ -45,6 +52,17 @@ static const key_desc keys[] = {
     {"log_level", KEY_STR, F(log_level), "info", 0, 0},
     {"engine", KEY_STR, F(engine), "memory", 0, 0},
     {"redis_address", KEY_ADDR, F(redis_address), NULL, 0, 0},
+    {"redis_prefix", KEY_STR, F(redis_prefix), "centrifugo", 0, 0},
+    {"redis_db", KEY_INT, F(redis_db), "0", 0, REDIS_DB_MAX},
+    {"redis_user", KEY_STR, F(redis_user), "", 0, 0},
+    {"redis_password", KEY_STR, F(redis_password), "", 0, 0},
+    {"redis_connect_timeout", KEY_DUR, F(redis_connect_timeout_ms), "1s", 1, 3600 * 1000},
+    {"redis_io_timeout", KEY_DUR, F(redis_io_timeout_ms), "4s", 1, 3600 * 1000},
+    {"redis_sentinel_address", KEY_ADDR, F(redis_sentinel_address), NULL, 0, 0},
+    {"redis_sentinel_master_name", KEY_STR, F(redis_sentinel_master_name), "", 0, 0},
+    {"redis_sentinel_user", KEY_STR, F(redis_sentinel_user), "", 0, 0},
+    {"redis_sentinel_password", KEY_STR, F(redis_sentinel_password), "", 0, 0},
+    {"redis_cluster_address", KEY_ADDR, F(redis_cluster_address), NULL, 0, 0},
     {"user_status.enabled", KEY_BOOL, F(user_status.enabled), "true", 0, 0},
     {"user_status.redis_address", KEY_ADDR, F(user_status.redis_address), "127.0.0.1:6379", 0, 0},
     {"user_status.use_redis_from_engine", KEY_BOOL, F(user_status.use_redis_from_engine), "false",
@@ -68,6 +86,7 @@ static const key_desc keys[] = {
     {"user_status.redis_sentinel_user", KEY_STR, F(user_status.redis_sentinel_user), "", 0, 0},
     {"user_status.redis_sentinel_password", KEY_STR, F(user_status.redis_sentinel_password), "", 0,
      0},
+    {"user_status.redis_db", KEY_INT, F(user_status.redis_db), "0", 0, REDIS_DB_MAX},
     {"user_status.redis_wait_replicas", KEY_INT, F(user_status.redis_wait_replicas), "0", 0, 16},
     {"user_status.redis_wait_timeout", KEY_DUR, F(user_status.redis_wait_timeout_ms), "1s", 1,
      60 * 1000},
@@ -90,6 +109,11 @@ static const key_desc keys[] = {
     {"query.max_connections", KEY_INT, F(query.max_connections), "4096", 1, 1000000},
     {"query.connection_timeout", KEY_DUR, F(query.connection_timeout_ms), "30s", 1000,
      3600 * 1000},
+    {"query.request_timeout", KEY_DUR, F(query.request_timeout_ms), "10s", 10, 600 * 1000},
+    {"query.max_batch_commands", KEY_INT, F(query.max_batch_commands), "1000", 1, 1000000},
+    {"query.metrics_address", KEY_STR, F(query.metrics_address), "127.0.0.1", 0, 0},
+    {"query.metrics_port", KEY_INT, F(query.metrics_port), "0", 0, 65535},
+    {"query.metrics_require_key", KEY_BOOL, F(query.metrics_require_key), "false", 0, 0},
     {"proxy.enabled", KEY_BOOL, F(proxy.enabled), "true", 0, 0},
     {"proxy.rpc_method_prefix", KEY_STR, F(proxy.rpc_method_prefix), "", 0, 0},
     {"proxy.online_interval", KEY_DUR, F(proxy.online_interval_ms), "25s", 1000, DAY_MS},
@@ -108,9 +132,74 @@ static const key_desc keys[] = {
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
-/* Sections: objects whose members are keys "<section>.<member>"; a section may hold sections. */
-static const char *sections[] = {"user_status", "kafka",    "worker",      "query",
-                                 "proxy",       "grpc_api", "grpc_api.tls"};
+/* Centrifugo v6 spellings of keys in the table: the same setting, type and bounds. */
+typedef struct key_alias {
+    const char *path;      /* The v6 spelling, e.g. "user_status.redis.address". */
+    const char *canonical; /* The table's (v5) spelling, e.g. "user_status.redis_address". */
+} key_alias;
+
+static const key_alias aliases[] = {
+    {"engine.type", "engine"},
+    {"engine.redis.address", "redis_address"},
+    {"engine.redis.prefix", "redis_prefix"},
+    {"engine.redis.db", "redis_db"},
+    {"engine.redis.user", "redis_user"},
+    {"engine.redis.password", "redis_password"},
+    {"engine.redis.connect_timeout", "redis_connect_timeout"},
+    {"engine.redis.io_timeout", "redis_io_timeout"},
+    {"engine.redis.sentinel_address", "redis_sentinel_address"},
+    {"engine.redis.sentinel_master_name", "redis_sentinel_master_name"},
+    {"engine.redis.sentinel_user", "redis_sentinel_user"},
+    {"engine.redis.sentinel_password", "redis_sentinel_password"},
+    {"engine.redis.cluster_address", "redis_cluster_address"},
+    {"user_status.redis.address", "user_status.redis_address"},
+    {"user_status.redis.prefix", "user_status.redis_prefix"},
+    {"user_status.redis.db", "user_status.redis_db"},
+    {"user_status.redis.user", "user_status.redis_user"},
+    {"user_status.redis.password", "user_status.redis_password"},
+    {"user_status.redis.connect_timeout", "user_status.redis_connect_timeout"},
+    {"user_status.redis.io_timeout", "user_status.redis_io_timeout"},
+    {"user_status.redis.sentinel_address", "user_status.redis_sentinel_address"},
+    {"user_status.redis.sentinel_master_name", "user_status.redis_sentinel_master_name"},
+    {"user_status.redis.sentinel_user", "user_status.redis_sentinel_user"},
+    {"user_status.redis.sentinel_password", "user_status.redis_sentinel_password"},
+    {"user_status.redis.cluster_address", "user_status.redis_cluster_address"},
+    {"user_status.redis.reuse_from_engine", "user_status.use_redis_from_engine"},
+};
+#define NALIASES (sizeof(aliases) / sizeof(aliases[0]))
+
+/* User status's Redis connection settings, each with the engine's setting that
+ * use_redis_from_engine puts in its place. (The key prefix is not among them: user status keeps
+ * its own.) */
+static const struct {
+    const char *user_status, *engine;
+} engine_redis_map[] = {
+    {"user_status.redis_address", "redis_address"},
+    {"user_status.redis_db", "redis_db"},
+    {"user_status.redis_user", "redis_user"},
+    {"user_status.redis_password", "redis_password"},
+    {"user_status.redis_connect_timeout", "redis_connect_timeout"},
+    {"user_status.redis_io_timeout", "redis_io_timeout"},
+    {"user_status.redis_sentinel_address", "redis_sentinel_address"},
+    {"user_status.redis_sentinel_master_name", "redis_sentinel_master_name"},
+    {"user_status.redis_sentinel_user", "redis_sentinel_user"},
+    {"user_status.redis_sentinel_password", "redis_sentinel_password"},
+    {"user_status.redis_cluster_address", "redis_cluster_address"},
+};
+
+/* The engine's Redis when engine is "redis" and no address is given: Centrifugo's default. */
+#define ENGINE_REDIS_DEFAULT_ADDRESS "127.0.0.1:6379"
+
+/* Where each setting came from while loading, for the checks that span spellings and sources. */
+typedef struct origin {
+    const char *file; /* Spelling the file used (a table or alias path); NULL: not in the file. */
+    const char *env;  /* Spelling whose environment variable set it; NULL: none. */
+    bool flag;        /* Set by a command-line override. */
+} origin;
+
+typedef struct load_state {
+    origin origins[NKEYS]; /* Indexed like keys[]. */
+} load_state;
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -128,6 +217,50 @@ static const key_desc *find_key(const char *path)
     for (size_t i = 0; i < NKEYS; i++)
         if (strcmp(keys[i].path, path) == 0) return &keys[i];
     return NULL;
+}
+
+/* The key of the table that path names in either spelling, or NULL. *spelling (may be NULL) is
+ * set to a string of the tables equal to path, which outlives the load. */
+static const key_desc *resolve_key(const char *path, const char **spelling)
+{
+    const key_desc *k = find_key(path);
+    if (k) {
+        if (spelling) *spelling = k->path;
+        return k;
+    }
+    for (size_t i = 0; i < NALIASES; i++) {
+        if (strcmp(aliases[i].path, path) != 0) continue;
+        if (spelling) *spelling = aliases[i].path;
+        return find_key(aliases[i].canonical);
+    }
+    return NULL;
+}
+
+/* True when some key's path (in either spelling) continues below path: "engine.redis" is a
+ * section because "engine.redis.address" is a key. */
+static bool is_section(const char *path)
+{
+    size_t len = strlen(path);
+    for (size_t i = 0; i < NKEYS + NALIASES; i++) {
+        const char *p = i < NKEYS ? keys[i].path : aliases[i - NKEYS].path;
+        if (strncmp(p, path, len) == 0 && p[len] == '.') return true;
+    }
+    return false;
+}
+
+static origin *origin_of(load_state *st, const key_desc *k)
+{
+    return &st->origins[k - keys];
+}
+
+/* The spelling under which the setting was given (file, environment, or the table's for a flag),
+ * or NULL when it was not given at all. */
+static const char *given_as(load_state *st, const key_desc *k)
+{
+    const origin *o = origin_of(st, k);
+    if (o->flag) return k->path;
+    if (o->env) return o->env;
+    return o->file;
 }
 
 static void strlist_clear(us_strlist *l)
@@ -332,7 +465,25 @@ static int set_from_json(us_config *cfg, const key_desc *k, json_t *v, char *err
     return fail(err, errlen, "config key '%s': unhandled type", k->path);
 }
 
-static int load_object(us_config *cfg, json_t *obj, const char *section, char *err, size_t errlen)
+/* Sets k from the file under the given spelling; refuses a setting the file already gave in its
+ * other spelling. (The same spelling twice is a duplicate key, which jansson refuses.) */
+static int set_from_file(us_config *cfg, load_state *st, const key_desc *k, const char *spelling,
+                         json_t *v, char *err, size_t errlen)
+{
+    origin *o = origin_of(st, k);
+    if (o->file)
+        return fail(err, errlen,
+                    "config keys '%s' and '%s' are the same setting (Centrifugo v5 and v6 "
+                    "spellings): give only one",
+                    o->file, spelling);
+    o->file = spelling;
+    key_desc as_given = *k; /* Errors name the key as the file spells it. */
+    as_given.path = spelling;
+    return set_from_json(cfg, &as_given, v, err, errlen);
+}
+
+static int load_object(us_config *cfg, load_state *st, json_t *obj, const char *section,
+                       char *err, size_t errlen)
 {
     const char *name;
     json_t *v;
@@ -340,18 +491,20 @@ static int load_object(us_config *cfg, json_t *obj, const char *section, char *e
     {
         char path[256];
         snprintf(path, sizeof(path), "%s%s%s", section ? section : "", section ? "." : "", name);
-        const key_desc *k = find_key(path);
-        if (k) {
-            if (set_from_json(cfg, k, v, err, errlen) != 0) return -1;
+        const char *spelling;
+        const key_desc *k = resolve_key(path, &spelling);
+        /* "engine" is a key (v5: a string) and a section (v6: an object). */
+        bool section_here = json_is_object(v) && is_section(path);
+        if (k && !(section_here && k->type != KEY_PROPS)) {
+            if (set_from_file(cfg, st, k, spelling, v, err, errlen) != 0) return -1;
             continue;
         }
-        int is_section = 0;
-        for (size_t i = 0; i < sizeof(sections) / sizeof(sections[0]); i++)
-            is_section |= strcmp(path, sections[i]) == 0;
-        if (!is_section) return fail(err, errlen, "unknown config key '%s'", path);
-        if (!json_is_object(v))
-            return fail(err, errlen, "config key '%s': must be an object", path);
-        if (load_object(cfg, v, path, err, errlen) != 0) return -1;
+        if (section_here) {
+            if (load_object(cfg, st, v, path, err, errlen) != 0) return -1;
+            continue;
+        }
+        if (is_section(path)) return fail(err, errlen, "config key '%s': must be an object", path);
+        return fail(err, errlen, "unknown config key '%s'", path);
     }
     return 0;
 }
@@ -380,25 +533,180 @@ static void warn_unknown_env(char **envp)
     for (char **e = envp; e && *e; e++) {
         if (strncmp(*e, "USERSTATUS_", 11) != 0) continue;
         int known = 0;
-        for (size_t i = 0; i < NKEYS && !known; i++) {
+        for (size_t i = 0; i < NKEYS + NALIASES && !known; i++) {
             char name[128];
-            env_name(keys[i].path, name, sizeof(name));
+            env_name(i < NKEYS ? keys[i].path : aliases[i - NKEYS].path, name, sizeof(name));
             size_t len = strlen(name);
             known = strncmp(*e, name, len) == 0 && (*e)[len] == '=';
         }
         if (!known) {
             const char *eq = strchr(*e, '=');
-            us_warn("environment variable '%.*s' names no config key; ignored",
-                    (int)(eq ? eq - *e : (long)strlen(*e)), *e);
+            char shown[US_LOG_ESCAPE_CAP];
+            us_warn("environment variable '%s' names no config key; ignored",
+                    us_log_escape(*e, eq ? (size_t)(eq - *e) : strlen(*e), shown,
+                                  sizeof(shown)));
         }
     }
 }
 
+/* Applies the environment variable of key k, if any. Each spelling of k has a variable; several
+ * spellings may share one (USERSTATUS_USER_STATUS_REDIS_ADDRESS is the variable of
+ * user_status.redis_address and of user_status.redis.address), which then simply sets the
+ * setting. Two different variables of one setting are refused, and so is a variable of another
+ * spelling than the one the file used. */
+static int load_env_key(us_config *cfg, load_state *st, const key_desc *k, char **envp, char *err,
+                        size_t errlen)
+{
+    const char *spelling = NULL, *value = NULL;
+    char var[128] = "";
+    for (size_t i = 0; i <= NALIASES; i++) {
+        const char *s = i == 0 ? k->path : aliases[i - 1].path;
+        if (i > 0 && strcmp(aliases[i - 1].canonical, k->path) != 0) continue;
+        char name[128];
+        env_name(s, name, sizeof(name));
+        const char *v = env_lookup(envp, name);
+        if (!v || strcmp(name, var) == 0) continue;
+        if (spelling)
+            return fail(err, errlen,
+                        "environment variables %s (config key '%s') and %s ('%s') are the same "
+                        "setting: set only one",
+                        var, spelling, name, s);
+        spelling = s;
+        value = v;
+        snprintf(var, sizeof(var), "%s", name);
+    }
+    if (!spelling) return 0;
+    origin *o = origin_of(st, k);
+    if (o->file) {
+        char file_var[128];
+        env_name(o->file, file_var, sizeof(file_var));
+        if (strcmp(file_var, var) != 0)
+            return fail(err, errlen,
+                        "config key '%s' in the file and environment variable %s (config key "
+                        "'%s') are the same setting in two spellings: use one spelling",
+                        o->file, var, spelling);
+        spelling = o->file; /* A variable both spellings share: keep naming the file's. */
+    }
+    o->env = spelling;
+    key_desc as_given = *k;
+    as_given.path = spelling;
+    return set_from_text(cfg, &as_given, value, err, errlen);
+}
+
 int us_config_set(us_config *cfg, const char *path, const char *text, char *err, size_t errlen)
 {
-    const key_desc *k = find_key(path);
+    const key_desc *k = resolve_key(path, NULL);
     if (!k) return fail(err, errlen, "unknown config key '%s'", path);
     return set_from_text(cfg, k, text, err, errlen);
+}
+
+/* Copies the value of key src into key dst, which has the same type. */
+static void copy_value(us_config *cfg, const key_desc *dst, const key_desc *src)
+{
+    void *d = (char *)cfg + dst->offset, *s = (char *)cfg + src->offset;
+    switch (dst->type) {
+    case KEY_STR:
+        set_str(d, *(char **)s);
+        break;
+    case KEY_BOOL:
+        *(bool *)d = *(bool *)s;
+        break;
+    case KEY_INT:
+        *(int *)d = *(int *)s;
+        break;
+    case KEY_DUR:
+        *(int64_t *)d = *(int64_t *)s;
+        break;
+    case KEY_ADDR:
+    case KEY_PROPS: {
+        us_strlist *dl = d;
+        const us_strlist *sl = s;
+        strlist_clear(dl);
+        for (size_t i = 0; i < sl->count; i++) strlist_push(dl, sl->items[i], strlen(sl->items[i]));
+        break;
+    }
+    }
+}
+
+/* The name to show for key path in an error: the spelling the user gave; for a key not given, the
+ * spelling of the same family as the key like (NULL: the table's), so that an error about a v6
+ * block names v6 keys only. */
+static const char *shown_name(load_state *st, const char *path, const char *like)
+{
+    const key_desc *k = find_key(path);
+    const char *g = given_as(st, k);
+    if (g) return g;
+    const char *like_given = like ? given_as(st, find_key(like)) : NULL;
+    if (like_given && strcmp(like_given, like) != 0)
+        for (size_t i = 0; i < NALIASES; i++)
+            if (strcmp(aliases[i].canonical, path) == 0) return aliases[i].path;
+    return k->path;
+}
+
+static const us_strlist *addr_value(const us_config *cfg, const char *path)
+{
+    return (const us_strlist *)((const char *)cfg + find_key(path)->offset);
+}
+
+/* Checks one group of Redis settings, the engine's (prefix "") or user status's ("user_status."):
+ * Sentinel or Cluster, not both; a master name with Sentinel; database 0 in Cluster. */
+static int check_redis_group(const us_config *cfg, load_state *st, const char *prefix, char *err,
+                             size_t errlen)
+{
+    char sentinel[64], cluster[64], master[64], db[64];
+    snprintf(sentinel, sizeof(sentinel), "%sredis_sentinel_address", prefix);
+    snprintf(cluster, sizeof(cluster), "%sredis_cluster_address", prefix);
+    snprintf(master, sizeof(master), "%sredis_sentinel_master_name", prefix);
+    snprintf(db, sizeof(db), "%sredis_db", prefix);
+    bool has_sentinel = addr_value(cfg, sentinel)->count > 0;
+    bool has_cluster = addr_value(cfg, cluster)->count > 0;
+    if (has_sentinel && has_cluster)
+        return fail(err, errlen, "config keys '%s' and '%s': set at most one of them",
+                    shown_name(st, sentinel, NULL), shown_name(st, cluster, NULL));
+    const key_desc *mk = find_key(master);
+    if (has_sentinel && (*(char **)((const char *)cfg + mk->offset))[0] == '\0')
+        return fail(err, errlen, "config key '%s': required with '%s'",
+                    shown_name(st, master, sentinel), shown_name(st, sentinel, NULL));
+    const key_desc *dk = find_key(db);
+    int dbv = *(const int *)((const char *)cfg + dk->offset);
+    if (has_cluster && dbv != 0)
+        return fail(err, errlen, "config key '%s': Redis Cluster has only database 0, not %d",
+                    shown_name(st, db, NULL), dbv);
+    return 0;
+}
+
+/* use_redis_from_engine: user status takes the engine's Redis settings. Giving user status
+ * settings of its own as well is refused (one of the two would be ignored). */
+static int apply_engine_redis(us_config *cfg, load_state *st, char *err, size_t errlen)
+{
+    if (!cfg->user_status.use_redis_from_engine) return 0;
+    const char *reuse = shown_name(st, "user_status.use_redis_from_engine", NULL);
+    for (size_t i = 0; i < sizeof(engine_redis_map) / sizeof(engine_redis_map[0]); i++) {
+        const char *g = given_as(st, find_key(engine_redis_map[i].user_status));
+        if (g)
+            return fail(err, errlen,
+                        "config key '%s': not allowed with '%s', which takes the engine's Redis "
+                        "settings (use '%s' instead)",
+                        g, reuse,
+                        shown_name(st, engine_redis_map[i].engine,
+                                   "user_status.use_redis_from_engine"));
+    }
+    if (cfg->redis_address.count == 0 && cfg->redis_sentinel_address.count == 0 &&
+        cfg->redis_cluster_address.count == 0) {
+        if (strcmp(cfg->engine, "redis") != 0)
+            return fail(err, errlen,
+                        "config key '%s': true, but the engine has no Redis: set 'engine' to "
+                        "\"redis\" (v6: 'engine.type') or the top-level 'redis_address' (v6: "
+                        "'engine.redis.address')",
+                        reuse);
+        strlist_push(&cfg->redis_address, ENGINE_REDIS_DEFAULT_ADDRESS,
+                     strlen(ENGINE_REDIS_DEFAULT_ADDRESS));
+    }
+    if (check_redis_group(cfg, st, "", err, errlen) != 0) return -1;
+    for (size_t i = 0; i < sizeof(engine_redis_map) / sizeof(engine_redis_map[0]); i++)
+        copy_value(cfg, find_key(engine_redis_map[i].user_status),
+                   find_key(engine_redis_map[i].engine));
+    return 0;
 }
 
 int us_config_load(us_config *cfg, const char *path, char **envp,
@@ -409,6 +717,8 @@ int us_config_load(us_config *cfg, const char *path, char **envp,
     for (size_t i = 0; i < NKEYS; i++)
         if (keys[i].def && set_from_text(cfg, &keys[i], keys[i].def, err, errlen) != 0) return -1;
 
+    load_state st;
+    memset(&st, 0, sizeof(st));
     if (path) {
         json_error_t jerr;
         json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
@@ -416,52 +726,49 @@ int us_config_load(us_config *cfg, const char *path, char **envp,
             return fail(err, errlen, "config file '%s': %s (line %d, column %d)", path, jerr.text,
                         jerr.line, jerr.column);
         int rc = json_is_object(root)
-                     ? load_object(cfg, root, NULL, err, errlen)
+                     ? load_object(cfg, &st, root, NULL, err, errlen)
                      : fail(err, errlen, "config file '%s': top level must be an object", path);
         json_decref(root);
         if (rc != 0) return -1;
     }
 
     warn_unknown_env(envp);
-    for (size_t i = 0; i < NKEYS; i++) {
-        char name[128];
-        env_name(keys[i].path, name, sizeof(name));
-        const char *v = env_lookup(envp, name);
-        if (v && set_from_text(cfg, &keys[i], v, err, errlen) != 0) return -1;
+    for (size_t i = 0; i < NKEYS; i++)
+        if (load_env_key(cfg, &st, &keys[i], envp, err, errlen) != 0) return -1;
+
+    for (size_t i = 0; i < noverrides; i++) {
+        const key_desc *k = resolve_key(overrides[i].path, NULL);
+        if (!k) return fail(err, errlen, "unknown config key '%s'", overrides[i].path);
+        if (set_from_text(cfg, k, overrides[i].value, err, errlen) != 0) return -1;
+        origin_of(&st, k)->flag = true;
     }
 
-    for (size_t i = 0; i < noverrides; i++)
-        if (us_config_set(cfg, overrides[i].path, overrides[i].value, err, errlen) != 0) return -1;
-
     /* Cross-key rules. */
-    if (cfg->user_status.use_redis_from_engine && cfg->redis_address.count == 0)
-        return fail(err, errlen,
-                    "config key 'user_status.use_redis_from_engine': true, but the top-level "
-                    "'redis_address' is not set");
     if (strcmp(cfg->log_level, "debug") && strcmp(cfg->log_level, "info") &&
         strcmp(cfg->log_level, "warn") && strcmp(cfg->log_level, "error"))
         return fail(err, errlen, "config key 'log_level': '%s' is not debug, info, warn or error",
                     cfg->log_level);
     if (strcmp(cfg->engine, "memory") && strcmp(cfg->engine, "redis"))
-        return fail(err, errlen, "config key 'engine': '%s' is not memory or redis", cfg->engine);
+        return fail(err, errlen, "config key '%s': '%s' is not memory or redis",
+                    shown_name(&st, "engine", NULL), cfg->engine);
+    if (apply_engine_redis(cfg, &st, err, errlen) != 0) return -1;
     if (cfg->kafka.topic[0] == '\0' || cfg->kafka.dlq_topic[0] == '\0' ||
         cfg->kafka.consumer_group[0] == '\0' || cfg->kafka.brokers[0] == '\0')
         return fail(err, errlen,
                     "config keys 'kafka.brokers', 'kafka.topic', 'kafka.dlq_topic' and "
                     "'kafka.consumer_group' must not be empty");
-    int topologies = (cfg->user_status.redis_sentinel_address.count > 0) +
-                     (cfg->user_status.redis_cluster_address.count > 0);
-    if (topologies > 1)
-        return fail(err, errlen,
-                    "config keys 'user_status.redis_sentinel_address' and "
-                    "'user_status.redis_cluster_address': set at most one of them");
-    if (cfg->user_status.redis_sentinel_address.count > 0 &&
-        cfg->user_status.redis_sentinel_master_name[0] == '\0')
-        return fail(err, errlen,
-                    "config key 'user_status.redis_sentinel_master_name': required with "
-                    "'user_status.redis_sentinel_address'");
+    if (check_redis_group(cfg, &st, "user_status.", err, errlen) != 0) return -1;
     if (strcmp(cfg->kafka.topic, cfg->kafka.dlq_topic) == 0)
         return fail(err, errlen, "config key 'kafka.dlq_topic': must differ from 'kafka.topic'");
+    if (cfg->query.metrics_port == cfg->port)
+        return fail(err, errlen,
+                    "config key 'query.metrics_port': %d is the API port ('port'); use 0 to serve "
+                    "/metrics on the API port",
+                    cfg->port);
+    if (cfg->query.metrics_port != 0 && cfg->query.metrics_require_key)
+        return fail(err, errlen,
+                    "config key 'query.metrics_require_key': applies to /metrics on the API port, "
+                    "but 'query.metrics_port' moves /metrics to a listener of its own");
     if (strcmp(cfg->grpc_api.error_mode, "") && strcmp(cfg->grpc_api.error_mode, "transport"))
         return fail(err, errlen,
                     "config key 'grpc_api.error_mode': '%s' is not \"\" or \"transport\"",

@@ -18,8 +18,21 @@ typedef struct us_config {
     char *address;
     int port;
     char *log_level;
-    char *engine;
-    us_strlist redis_address; /* Top-level (Centrifugo engine) Redis. */
+    char *engine;             /* "memory" or "redis" (v6: engine.type). */
+    us_strlist redis_address; /* Top-level (Centrifugo engine) Redis; v6: engine.redis.address. */
+    /* The rest of the engine's Redis settings (v6: engine.redis.*). Only user status with
+     * use_redis_from_engine uses them; us_config_load then copies them into user_status. */
+    char *redis_prefix; /* Accepted for Centrifugo configs; user status keeps its own prefix. */
+    int redis_db;
+    char *redis_user;
+    char *redis_password;
+    int64_t redis_connect_timeout_ms;
+    int64_t redis_io_timeout_ms;
+    us_strlist redis_sentinel_address;
+    char *redis_sentinel_master_name;
+    char *redis_sentinel_user;
+    char *redis_sentinel_password;
+    us_strlist redis_cluster_address;
 
     struct {
         bool enabled;
@@ -37,6 +50,7 @@ typedef struct us_config {
         char *redis_password;
         char *redis_sentinel_user;     /* Credentials for the sentinels themselves. */
         char *redis_sentinel_password;
+        int redis_db;                  /* Database for addresses that name none. */
         int redis_wait_replicas;       /* Writes count as done once this many replicas have them. */
         int64_t redis_wait_timeout_ms;
     } user_status;
@@ -66,6 +80,11 @@ typedef struct us_config {
         int threads;
         int max_connections;
         int64_t connection_timeout_ms;
+        int64_t request_timeout_ms; /* Longest wait for Kafka/Redis before answering code 100. */
+        int max_batch_commands;     /* Commands in one /api/batch. */
+        char *metrics_address;      /* Separate /metrics + /health listener, with metrics_port. */
+        int metrics_port;           /* 0: /metrics is served on the API port instead. */
+        bool metrics_require_key;   /* /metrics on the API port asks for the API key. */
     } query;
 
     /* Centrifugo OSS proxy endpoints of userstatus-query (/centrifugo/rpc, /centrifugo/refresh). */
@@ -103,9 +122,10 @@ typedef struct us_config_override {
 #define US_STATE_MAX 64    /* Bytes. */
 
 /* Fills *cfg with defaults, then the JSON file at path (NULL: none), then USERSTATUS_* environment
- * variables from envp (NULL-terminated "NAME=value" array; NULL: none), then the overrides. On any
- * unknown key, wrong type or bad value returns -1 with a message naming the key in err; *cfg must
- * still be released with us_config_free. Returns 0 on success. */
+ * variables from envp (NULL-terminated "NAME=value" array; NULL: none), then the overrides. Keys
+ * may be spelled as in Centrifugo v5 or v6 (docs/choices.md); one setting in both spellings is an
+ * error. On any unknown key, wrong type or bad value returns -1 with a message naming the key in
+ * err; *cfg must still be released with us_config_free. Returns 0 on success. */
 int us_config_load(us_config *cfg, const char *path, char **envp,
                    const us_config_override *overrides, size_t noverrides, char *err,
                    size_t errlen);
@@ -114,7 +134,8 @@ int us_config_load(us_config *cfg, const char *path, char **envp,
 int us_config_set(us_config *cfg, const char *path, const char *text, char *err, size_t errlen);
 
 /* The Redis addresses user status uses: user_status.redis_address, or with use_redis_from_engine
- * the top-level redis_address. */
+ * the top-level redis_address (us_config_load has then copied it, and the engine's other Redis
+ * settings, into user_status, so the two are equal). */
 const us_strlist *us_config_redis_addresses(const us_config *cfg);
 
 /* Releases everything the config owns; accepts a zeroed or partly filled config. */

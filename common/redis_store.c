@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #define KEY_MAX 1024           /* Bytes; prefix + ':' + a 256-byte user id fits easily. */
@@ -64,6 +65,7 @@ struct us_redis {
     int64_t expire_ms;
     struct timeval connect_tv, io_tv;
     char user[128], password[256]; /* For nodes whose address carries no credentials. */
+    int db;                        /* For data nodes whose address names no database. */
     int wait_replicas;             /* WAIT for this many replicas after writes (0: don't). */
     int64_t wait_timeout_ms;
 
@@ -77,6 +79,11 @@ struct us_redis {
     plan *plans; /* Scratch of the operation in progress; grown, never shrunk. */
     size_t *todo, *retry;
     size_t scratch_cap;
+
+    /* us_redis_interrupt may run on another thread: it takes conn_mu, which the owner holds
+     * whenever it opens or closes a node's connection or moves the node table. */
+    pthread_mutex_t conn_mu;
+    int interrupted; /* Under conn_mu. */
 };
 
 int32_t us_jump_hash(uint64_t key, int32_t buckets)
@@ -195,11 +202,22 @@ static void count(us_metric *m)
  * Nodes and connections.
  * ------------------------------------------------------------------------------------------ */
 
-static void node_close(node *n)
+static void node_close(us_redis *r, node *n)
 {
+    pthread_mutex_lock(&r->conn_mu);
     if (n->c) redisFree(n->c);
     n->c = NULL;
+    pthread_mutex_unlock(&r->conn_mu);
     n->pending = 0;
+}
+
+/* 1 once us_redis_interrupt was called: no connection may be opened any more. */
+static int interrupted(us_redis *r)
+{
+    pthread_mutex_lock(&r->conn_mu);
+    int yes = r->interrupted;
+    pthread_mutex_unlock(&r->conn_mu);
+    return yes;
 }
 
 /* Fills credentials an address lacks from the configured defaults. */
@@ -226,9 +244,12 @@ static redisReply *setup_command(redisContext *c, const us_redis_addr *a, int ar
 }
 
 /* Opens a connection with the timeouts, AUTH and SELECT of the address. NULL with err on failure. */
-static redisContext *connect_addr(const us_redis *r, const us_redis_addr *a, char *err,
-                                  size_t errlen)
+static redisContext *connect_addr(us_redis *r, const us_redis_addr *a, char *err, size_t errlen)
 {
+    if (interrupted(r)) {
+        snprintf(err, errlen, "redis %s:%d: interrupted (shutting down)", a->host, a->port);
+        return NULL;
+    }
     redisContext *c = redisConnectWithTimeout(a->host, a->port, r->connect_tv);
     if (!c || c->err) {
         snprintf(err, errlen, "redis %s:%d: cannot connect: %s", a->host, a->port,
@@ -259,8 +280,17 @@ fail:
 static int node_connect(us_redis *r, node *n, char *err, size_t errlen)
 {
     if (n->c && n->c->err == 0) return 0;
-    node_close(n);
-    n->c = connect_addr(r, &n->addr, err, errlen);
+    node_close(r, n);
+    redisContext *c = connect_addr(r, &n->addr, err, errlen);
+    pthread_mutex_lock(&r->conn_mu);
+    if (c && r->interrupted) { /* Interrupted while connecting. */
+        redisFree(c);
+        c = NULL;
+        snprintf(err, errlen, "redis %s:%d: interrupted (shutting down)", n->addr.host,
+                 n->addr.port);
+    }
+    n->c = c;
+    pthread_mutex_unlock(&r->conn_mu);
     if (!n->c) {
         if (r->topo == TOPO_SENTINEL) r->resolve_needed = 1;
         if (r->topo == TOPO_CLUSTER) r->refresh_needed = 1;
@@ -278,14 +308,17 @@ static uint16_t node_find_or_add(us_redis *r, const char *host, int port)
             return (uint16_t)i;
     if (r->nnodes >= NO_NODE) return NO_NODE;
     if (r->nnodes == r->nodes_cap) {
+        pthread_mutex_lock(&r->conn_mu);
         r->nodes_cap = r->nodes_cap ? r->nodes_cap * 2 : 8;
         r->nodes = realloc(r->nodes, r->nodes_cap * sizeof(node));
         if (!r->nodes) abort();
+        pthread_mutex_unlock(&r->conn_mu);
     }
     node *n = &r->nodes[r->nnodes];
     memset(n, 0, sizeof(*n));
     snprintf(n->addr.host, sizeof(n->addr.host), "%s", host);
     n->addr.port = port;
+    n->addr.db = r->db; /* Cluster nodes: 0, which the config enforces. */
     apply_default_auth(&n->addr, r->user, r->password);
     return (uint16_t)r->nnodes++;
 }
@@ -312,7 +345,7 @@ static int sentinel_resolve(us_redis *r, char *err, size_t errlen)
             if (m->addr.port != port || strcmp(m->addr.host, host) != 0) {
                 if (m->addr.port) us_info("sentinel: master '%s' is now %s:%d (was %s:%d)",
                                           r->master_name, host, port, m->addr.host, m->addr.port);
-                node_close(m);
+                node_close(r, m);
                 snprintf(m->addr.host, sizeof(m->addr.host), "%s", host);
                 m->addr.port = port;
             }
@@ -392,14 +425,17 @@ static int cluster_refresh(us_redis *r, char *err, size_t errlen)
  * Set-up.
  * ------------------------------------------------------------------------------------------ */
 
+/* Parses a list of addresses; those without credentials get user/password, those naming no
+ * database (or database 0) get db. */
 static int parse_list(const us_strlist *l, us_redis_addr **out, char *err, size_t errlen,
-                      const char *user, const char *password)
+                      const char *user, const char *password, int db)
 {
     *out = calloc(l->count ? l->count : 1, sizeof(us_redis_addr));
     if (!*out) abort();
     for (size_t i = 0; i < l->count; i++) {
         if (us_redis_addr_parse(l->items[i], &(*out)[i], err, errlen) != 0) return -1;
         apply_default_auth(&(*out)[i], user, password);
+        if ((*out)[i].db == 0) (*out)[i].db = db;
     }
     return 0;
 }
@@ -409,6 +445,7 @@ us_redis *us_redis_new(const us_config *cfg, char *err, size_t errlen)
     const typeof(cfg->user_status) *us = &cfg->user_status;
     us_redis *r = calloc(1, sizeof(*r));
     if (!r) abort();
+    pthread_mutex_init(&r->conn_mu, NULL);
     r->prefix = strdup(us->redis_prefix);
     if (!r->prefix) abort();
     r->expire_ms = us->expire_interval_ms;
@@ -416,12 +453,14 @@ us_redis *us_redis_new(const us_config *cfg, char *err, size_t errlen)
     r->io_tv = ms_to_tv(us->redis_io_timeout_ms);
     snprintf(r->user, sizeof(r->user), "%s", us->redis_user);
     snprintf(r->password, sizeof(r->password), "%s", us->redis_password);
+    r->db = us->redis_db;
     r->wait_replicas = us->redis_wait_replicas;
     r->wait_timeout_ms = us->redis_wait_timeout_ms;
 
     if (us->redis_cluster_address.count > 0) {
         r->topo = TOPO_CLUSTER;
-        if (parse_list(&us->redis_cluster_address, &r->seeds, err, errlen, r->user, r->password))
+        if (parse_list(&us->redis_cluster_address, &r->seeds, err, errlen, r->user, r->password,
+                       0))
             goto fail;
         r->nseeds = us->redis_cluster_address.count;
         for (size_t i = 0; i < r->nseeds; i++)
@@ -439,7 +478,7 @@ us_redis *us_redis_new(const us_config *cfg, char *err, size_t errlen)
     } else if (us->redis_sentinel_address.count > 0) {
         r->topo = TOPO_SENTINEL;
         if (parse_list(&us->redis_sentinel_address, &r->seeds, err, errlen,
-                       us->redis_sentinel_user, us->redis_sentinel_password))
+                       us->redis_sentinel_user, us->redis_sentinel_password, 0))
             goto fail;
         r->nseeds = us->redis_sentinel_address.count;
         r->master_name = strdup(us->redis_sentinel_master_name);
@@ -453,7 +492,7 @@ us_redis *us_redis_new(const us_config *cfg, char *err, size_t errlen)
             goto fail;
         }
         us_redis_addr *list;
-        int rc = parse_list(addrs, &list, err, errlen, r->user, r->password);
+        int rc = parse_list(addrs, &list, err, errlen, r->user, r->password, r->db);
         if (rc == 0) {
             r->nodes = calloc(addrs->count, sizeof(node));
             if (!r->nodes) abort();
@@ -472,7 +511,8 @@ fail:
 void us_redis_free(us_redis *r)
 {
     if (!r) return;
-    for (size_t i = 0; i < r->nnodes; i++) node_close(&r->nodes[i]);
+    for (size_t i = 0; i < r->nnodes; i++) node_close(r, &r->nodes[i]);
+    pthread_mutex_destroy(&r->conn_mu);
     free(r->nodes);
     free(r->prefix);
     free(r->seeds);
@@ -482,6 +522,16 @@ void us_redis_free(us_redis *r)
     free(r->todo);
     free(r->retry);
     free(r);
+}
+
+void us_redis_interrupt(us_redis *r)
+{
+    pthread_mutex_lock(&r->conn_mu);
+    r->interrupted = 1;
+    for (size_t i = 0; i < r->nnodes; i++)
+        if (r->nodes[i].c && r->nodes[i].c->fd >= 0)
+            shutdown(r->nodes[i].c->fd, SHUT_RDWR);
+    pthread_mutex_unlock(&r->conn_mu);
 }
 
 /* Brings the topology up to date before an operation. */
@@ -567,7 +617,7 @@ static int starts(const char *s, const char *prefix)
 
 static void close_all(us_redis *r)
 {
-    for (size_t i = 0; i < r->nnodes; i++) node_close(&r->nodes[i]);
+    for (size_t i = 0; i < r->nnodes; i++) node_close(r, &r->nodes[i]);
 }
 
 /* Runs op: returns 0 when every item was answered without error, else -1 with err set. After a
@@ -600,15 +650,19 @@ static int run_op(us_redis *r, const store_op *op, char *err, size_t errlen)
             const us_user_ref *u = op->user(op->ctx, i, &tmp);
             int klen = us_redis_key(r->prefix, u->user, u->len, key, sizeof(key));
             if (klen < 0) {
-                snprintf(err, errlen, "redis key for user '%.*s' is too long", (int)u->len, u->user);
+                char shown[US_LOG_ESCAPE_CAP]; /* err ends up in a log line. */
+                snprintf(err, errlen, "redis key for user '%s' is too long",
+                         us_log_escape(u->user, u->len, shown, sizeof(shown)));
                 close_all(r);
                 return -1;
             }
             plan *p = &r->plans[i];
             uint16_t idx = p->ask_node != NO_NODE ? p->ask_node : route(r, u, key, (size_t)klen);
             if (idx == NO_NODE || idx >= r->nnodes) {
-                snprintf(err, errlen, "redis cluster: no master serves slot %u (key '%.*s')",
-                         us_cluster_slot(key, (size_t)klen), klen, key);
+                char shown[US_LOG_ESCAPE_CAP]; /* err ends up in a log line. */
+                snprintf(err, errlen, "redis cluster: no master serves slot %u (key '%s')",
+                         us_cluster_slot(key, (size_t)klen),
+                         us_log_escape(key, (size_t)klen, shown, sizeof(shown)));
                 r->refresh_needed = 1;
                 close_all(r);
                 return -1;
@@ -809,7 +863,7 @@ static int wait_for_replicas(us_redis *r, char *err, size_t errlen)
         const char *argv[3] = {"WAIT", want, timeout};
         redisReply *reply = setup_command(n->c, &n->addr, 3, argv, err, errlen);
         if (!reply) {
-            node_close(n);
+            node_close(r, n);
             if (r->topo == TOPO_SENTINEL) r->resolve_needed = 1;
             return -1;
         }
@@ -913,7 +967,7 @@ int us_redis_ping(us_redis *r, char *err, size_t errlen)
         const char *argv[1] = {"PING"};
         redisReply *reply = setup_command(n->c, &n->addr, 1, argv, err, errlen);
         if (!reply) {
-            node_close(n);
+            node_close(r, n);
             if (r->topo == TOPO_SENTINEL) r->resolve_needed = 1;
             return -1;
         }

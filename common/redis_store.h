@@ -70,6 +70,11 @@ int us_redis_get(us_redis *r, const us_user_ref *users, size_t n, us_status *out
  * Call once at start-up, before any us_redis is used. */
 void us_redis_metrics_register(void);
 
+/* Makes every operation of r in progress on another thread fail at once (its sockets are shut
+ * down) and every later one fail without connecting: for stopping a thread blocked on a frozen
+ * Redis. The only function that may be called from a thread other than r's owner. */
+void us_redis_interrupt(us_redis *r);
+
 /* PING every shard (opening connections as needed). Returns 0, or -1 with err set. */
 int us_redis_ping(us_redis *r, char *err, size_t errlen);
 

@@ -1,25 +1,34 @@
-/* Implementation of the HTTP API: request intake, authentication, commands, replies.
+/* Implementation of the HTTP front end: request intake, authentication, routing, replies.
  *
  * Life of a request
  * -----------------
- * libmicrohttpd calls the handler several times per request. The first call only allocates the
- * request (answering there would make libmicrohttpd 0.9.75 drop keep-alive); body chunks are
- * collected up to query.max_body_size; the last call parses the JSON and runs the commands.
+ * libmicrohttpd calls the handler several times per request. The first call (headers complete)
+ * allocates the request and checks the API key, so that the body of an unauthorized request is
+ * discarded as it arrives instead of buffered (answering there would make libmicrohttpd 0.9.75 drop
+ * keep-alive, so the 401 goes out on the last call). Body chunks are collected up to
+ * query.max_body_size; the last call parses the JSON into a call of the command core and starts it.
  *
- * Nothing blocks an HTTP thread. Updates and deletes become Kafka events; reads become jobs for
- * the batched Redis reader (reader.h), which serves the reads of many requests in one pipelined
- * round trip. Meanwhile the connection is *suspended*; whoever completes the last piece -- the
- * producer's delivery-report thread or a reader thread -- resumes it, and the handler is called
- * once more to send the reply. */
+ * Nothing blocks an HTTP thread. A call that has to wait (events for the broker, reads for the
+ * batched reader) suspends the connection from the core's on_wait hook, before anything can
+ * complete it; the core's done callback resumes it, from a producer, reader or deadline thread,
+ * and the handler is called once more to send the reply. Every call has a deadline
+ * (query.request_timeout), and us_core_quiesce completes all of them at shutdown, so no
+ * connection is still suspended when the daemon stops.
+ *
+ * Replies follow Centrifugo's server API: {"result":...} or {"error":{"code","message"}}, batch
+ * replies keyed by method. The X-Userstatus-Error header carries the reason of this request's own
+ * error, never another request's data nor the Redis or Kafka topology (those go to the log). */
 #include "api.h"
 
 #include "admin_http.h"
+#include "clock.h"
 #include "http_internal.h"
+#include "json_writer.h"
 #include "log.h"
 #include "metrics.h"
+#include "producer.h"
 #include "proxy.h"
 #include "reader.h"
-#include "redis_store.h"
 
 #include <stdatomic.h>
 
@@ -28,147 +37,43 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #define API_PREFIX "/api/"
+#define API_V4_PATH "/api"    /* Centrifugo v4's single endpoint: {"method","params"}. */
 #define INITIAL_BODY_CAP 1024 /* Bytes; grown by doubling up to query.max_body_size. */
+#define DRAIN_WAIT_MS 2000    /* us_api_stop waits this long for resumed requests. Milliseconds. */
+#define DRAIN_TICK_MS 10
 
-typedef enum cmd_kind { CMD_GET, CMD_UPDATE, CMD_DELETE, CMD_INVALID } cmd_kind;
-
-/* One command of a request (a plain request is a batch of one). */
-typedef struct command {
-    cmd_kind kind;
-    int error;           /* Code to answer instead of running the command, 0 for none. */
-    char detail[300];    /* Why, for the X-Userstatus-Error header. */
-    us_user_ref *users;  /* Point into the parsed JSON document. */
-    size_t nusers;
-    const char *state;
-    size_t state_len;
-    int has_state;
-    us_ack_group acks;
-    us_read_job read;   /* CMD_GET: the statuses, read by the reader. */
-} command;
+typedef enum route { ROUTE_OTHER, ROUTE_API, ROUTE_API_V4, ROUTE_PROXY } route;
 
 typedef struct request {
     us_api *api;
     struct MHD_Connection *conn;
+    route route;
     char *body;
     size_t len, cap;
     int too_large;
-    int answered_once; /* The handler has been called at least once. */
-    int suspended;
-    int batch;         /* Reply {"replies":[...]} instead of one reply. */
+    int unauthorized; /* Decided on the first call; the body is then discarded. */
+    int suspended;    /* Waiting for the core; counted in api->suspended. */
+    int batch;        /* Reply {"replies":[...]} keyed by method. */
     json_t *doc;
-    command *cmds;
-    size_t ncmds;
-    us_ack_waiter waiter;
+    us_call *call;
     void *proxy_state; /* Owned by proxy.c for /centrifugo/ requests. */
 } request;
 
 struct us_api {
     const us_config *cfg;
+    us_core *core;
     us_producer *producer;
+    us_reader *reader;
     us_proxy *proxy;
     struct MHD_Daemon *daemon;
-    us_reader *reader;
-    _Atomic int suspended; /* /api/ requests waiting for acks or reads. */
-    pthread_mutex_t mu; /* Guards redis_all. */
-    us_redis **redis_all;
-    size_t nredis;
-    pthread_key_t redis_key;
+    us_admin_http *metrics_http; /* query.metrics_port's listener, or NULL. */
+    _Atomic int suspended; /* Requests suspended and not yet answered. */
     us_metric *m_requests, *m_unauthorized, *m_malformed, *m_too_large, *m_get, *m_update,
-        *m_delete, *m_err100, *m_err104, *m_err107, *m_err108, *m_produced, *m_produce_failed,
-        *m_users_read;
+        *m_delete, *m_err100, *m_err104, *m_err107, *m_err108;
 };
-
-/* ---------------------------------------------------------------------------------------------
- * Growable output buffer and JSON writing.
- * ------------------------------------------------------------------------------------------ */
-
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-} sbuf;
-
-static void sb_reserve(sbuf *b, size_t extra)
-{
-    if (b->len + extra <= b->cap) return;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + extra) cap *= 2;
-    b->p = realloc(b->p, cap);
-    if (!b->p) abort();
-    b->cap = cap;
-}
-
-static void sb_add(sbuf *b, const char *s, size_t n)
-{
-    sb_reserve(b, n);
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
-
-static void sb_cstr(sbuf *b, const char *s)
-{
-    sb_add(b, s, strlen(s));
-}
-
-static void sb_int(sbuf *b, long long v)
-{
-    char tmp[24];
-    sb_add(b, tmp, (size_t)snprintf(tmp, sizeof(tmp), "%lld", v));
-}
-
-/* Writes s as a JSON string, quotes included. */
-static void sb_json_str(sbuf *b, const char *s, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    sb_reserve(b, n * 6 + 2);
-    char *o = b->p + b->len;
-    *o++ = '"';
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
-            *o++ = '\\';
-            *o++ = (char)c;
-        } else if (c < 0x20) {
-            *o++ = '\\';
-            *o++ = 'u';
-            *o++ = '0';
-            *o++ = '0';
-            *o++ = hex[c >> 4];
-            *o++ = hex[c & 15];
-        } else {
-            *o++ = (char)c;
-        }
-    }
-    *o++ = '"';
-    b->len = (size_t)(o - b->p);
-}
-
-static const char *error_message(int code)
-{
-    switch (code) {
-    case US_ERR_INTERNAL:
-        return "internal server error";
-    case US_ERR_METHOD_NOT_FOUND:
-        return "method not found";
-    case US_ERR_BAD_REQUEST:
-        return "bad request";
-    case US_ERR_NOT_AVAILABLE:
-        return "not available";
-    }
-    return "error";
-}
-
-static void sb_error(sbuf *b, int code)
-{
-    sb_cstr(b, "{\"error\":{\"code\":");
-    sb_int(b, code);
-    sb_cstr(b, ",\"message\":\"");
-    sb_cstr(b, error_message(code));
-    sb_cstr(b, "\"}}");
-}
 
 /* ---------------------------------------------------------------------------------------------
  * Validation.
@@ -190,20 +95,22 @@ int us_api_parse_users(const us_config *cfg, json_t *params, int want_state, us_
     *users = NULL;
     *n = 0;
     *has_state = 0;
+    *state = NULL;
+    *state_len = 0;
     if (!json_is_object(params)) {
         snprintf(err, errlen, "params must be a JSON object");
-        return -1;
+        return US_ERR_BAD_REQUEST;
     }
     json_t *list = json_object_get(params, "users");
     if (!json_is_array(list)) {
         snprintf(err, errlen, "'users' must be an array of user ids");
-        return -1;
+        return US_ERR_BAD_REQUEST;
     }
     size_t count = json_array_size(list);
-    if (count > (size_t)cfg->query.max_users_per_request) {
+    if (count > (size_t)cfg->query.max_users_per_request) { /* Before allocating for them. */
         snprintf(err, errlen, "too many users: %zu (limit query.max_users_per_request = %d)",
                  count, cfg->query.max_users_per_request);
-        return -1;
+        return US_ERR_BAD_REQUEST;
     }
     *users = malloc((count ? count : 1) * sizeof(**users));
     if (!*users) abort();
@@ -211,199 +118,177 @@ int us_api_parse_users(const us_config *cfg, json_t *params, int want_state, us_
         json_t *u = json_array_get(list, i);
         if (!json_is_string(u)) {
             snprintf(err, errlen, "users[%zu] must be a string", i);
-            return -1;
-        }
-        size_t len = json_string_length(u);
-        if (len == 0 || len > (size_t)cfg->query.max_user_id_length) {
-            snprintf(err, errlen, "users[%zu] must be 1..%d bytes long", i,
-                     cfg->query.max_user_id_length);
-            return -1;
+            return US_ERR_BAD_REQUEST;
         }
         (*users)[i].user = json_string_value(u);
-        (*users)[i].len = len;
+        (*users)[i].len = json_string_length(u);
     }
     *n = count;
     json_t *st = want_state ? json_object_get(params, "state") : NULL;
     if (st && !json_is_null(st)) {
-        if (!json_is_string(st) || json_string_length(st) > US_STATE_MAX) {
+        if (!json_is_string(st)) {
             snprintf(err, errlen, "'state' must be a string of at most %d bytes", US_STATE_MAX);
-            return -1;
+            return US_ERR_BAD_REQUEST;
         }
         *state = json_string_value(st);
         *state_len = json_string_length(st);
         *has_state = 1;
     }
-    return 0;
+    return us_cmd_validate(cfg, *users, *n, *state, *state_len, *has_state, err, errlen);
 }
 
 /* ---------------------------------------------------------------------------------------------
  * Commands.
  * ------------------------------------------------------------------------------------------ */
 
-static cmd_kind kind_of(const char *method)
+/* Sets command c from its method name and params. */
+static void command_init(us_api *api, us_cmd *c, const char *method, size_t method_len,
+                         json_t *params)
 {
-    if (strcmp(method, "get_user_status") == 0) return CMD_GET;
-    if (strcmp(method, "update_user_status") == 0) return CMD_UPDATE;
-    if (strcmp(method, "delete_user_status") == 0) return CMD_DELETE;
-    return CMD_INVALID;
-}
-
-static void command_fail(command *c, int code, const char *detail)
-{
-    c->kind = CMD_INVALID;
-    c->error = code;
-    snprintf(c->detail, sizeof(c->detail), "%s", detail);
-}
-
-/* Prepares a command from its method name and params. */
-static void command_init(us_api *api, request *req, command *c, const char *method, json_t *params)
-{
-    memset(c, 0, sizeof(*c));
-    c->acks.waiter = &req->waiter;
-    c->kind = kind_of(method);
-    if (c->kind == CMD_INVALID) {
-        char d[160];
-        snprintf(d, sizeof(d), "unknown method '%.100s'", method);
-        command_fail(c, US_ERR_METHOD_NOT_FOUND, d);
+    us_cmd_kind kind = us_cmd_kind_of(method, method_len);
+    if (kind == US_CMD_NONE) {
+        char d[US_CMD_REASON_MAX], shown[US_LOG_ESCAPE_CAP];
+        snprintf(d, sizeof(d), "unknown method '%s'",
+                 us_log_escape(method, method_len, shown, sizeof(shown)));
+        us_cmd_fail(c, US_ERR_METHOD_NOT_FOUND, d);
         return;
     }
-    if (!api->cfg->user_status.enabled) {
-        command_fail(c, US_ERR_NOT_AVAILABLE, "user_status.enabled is false");
-        return;
-    }
-    char err[160];
-    if (us_api_parse_users(api->cfg, params, c->kind == CMD_UPDATE, &c->users, &c->nusers,
-                           &c->state, &c->state_len, &c->has_state, err, sizeof(err)) != 0)
-        command_fail(c, US_ERR_BAD_REQUEST, err);
+    us_metric_add(kind == US_CMD_GET ? api->m_get : kind == US_CMD_UPDATE ? api->m_update
+                                                                          : api->m_delete,
+                  1);
+    us_user_ref *users;
+    size_t n, state_len;
+    const char *state;
+    int has_state;
+    char err[US_CMD_REASON_MAX];
+    int code = us_api_parse_users(api->cfg, params, kind == US_CMD_UPDATE, &users, &n, &state,
+                                  &state_len, &has_state, err, sizeof(err));
+    c->kind = kind; /* Named in the reply even when it failed. */
+    if (code)
+        us_cmd_fail(c, code, err);
+    else
+        us_cmd_set(api->core, c, kind, users, n, state, state_len, has_state);
+    c->kind = kind;
+    free(users);
 }
 
-/* Splits a batch body into commands: {"commands":[{"<method>":{params}} or
- * {"method":"<method>","params":{...}}, ...]}. Returns 0 or -1 with err set. */
-static int batch_init(us_api *api, request *req, json_t *doc, char *err, size_t errlen)
+/* Sets c from one element of a batch's "commands": {"<method>":{params}}, or
+ * {"method":"<method>","params":{...}}. */
+static void batch_command_init(us_api *api, us_cmd *c, json_t *item)
 {
-    json_t *list = json_object_get(doc, "commands");
+    json_t *method = json_object_get(item, "method");
+    if (json_is_object(item) && json_is_string(method)) {
+        command_init(api, c, json_string_value(method), json_string_length(method),
+                     json_object_get(item, "params"));
+    } else if (json_is_object(item) && json_object_size(item) == 1) {
+        void *it = json_object_iter(item);
+        const char *key = json_object_iter_key(it);
+        command_init(api, c, key, strlen(key), json_object_iter_value(it));
+    } else {
+        us_cmd_fail(c, US_ERR_BAD_REQUEST, "a command must be {\"<method>\":{params}}");
+    }
+}
+
+/* Builds the call of a batch body {"commands":[...], "parallel"?: bool}. Returns NULL with err set
+ * when the body is not a batch at all (then the request gets one error reply). */
+static us_call *batch_call(us_api *api, json_t *doc, char *err, size_t errlen)
+{
+    json_t *list = json_is_object(doc) ? json_object_get(doc, "commands") : NULL;
     if (!json_is_array(list)) {
         snprintf(err, errlen, "'commands' must be an array");
-        return -1;
+        return NULL;
+    }
+    json_t *parallel = json_object_get(doc, "parallel");
+    if (parallel && !json_is_boolean(parallel)) {
+        snprintf(err, errlen, "'parallel' must be a boolean");
+        return NULL;
     }
     size_t n = json_array_size(list);
-    if (n > (size_t)api->cfg->query.max_users_per_request) {
-        snprintf(err, errlen, "too many commands: %zu (limit query.max_users_per_request = %d)",
-                 n, api->cfg->query.max_users_per_request);
-        return -1;
+    if (n > (size_t)api->cfg->query.max_batch_commands) {
+        snprintf(err, errlen, "too many commands: %zu (limit query.max_batch_commands = %d)", n,
+                 api->cfg->query.max_batch_commands);
+        return NULL;
     }
-    req->cmds = calloc(n ? n : 1, sizeof(command));
-    if (!req->cmds) abort();
-    req->ncmds = n;
-    for (size_t i = 0; i < n; i++) {
-        json_t *item = json_array_get(list, i);
-        json_t *method = json_object_get(item, "method");
-        if (json_is_object(item) && json_is_string(method)) {
-            command_init(api, req, &req->cmds[i], json_string_value(method),
-                         json_object_get(item, "params"));
-        } else if (json_is_object(item) && json_object_size(item) == 1) {
-            void *it = json_object_iter(item);
-            command_init(api, req, &req->cmds[i], json_object_iter_key(it),
-                         json_object_iter_value(it));
-        } else {
-            req->cmds[i].acks.waiter = &req->waiter;
-            command_fail(&req->cmds[i], US_ERR_BAD_REQUEST,
-                         "a command must be {\"<method>\":{params}}");
-        }
+    if (n == 0) {
+        snprintf(err, errlen, "'commands' is empty");
+        return NULL;
     }
-    return 0;
+    us_call *call = us_call_new(api->core, n);
+    for (size_t i = 0; i < n; i++)
+        batch_command_init(api, us_call_cmd(call, i), json_array_get(list, i));
+    return call;
 }
 
-static int64_t now_ms(void)
+/* Builds the call of a request to method (one command, or a batch). Never NULL. */
+static us_call *request_call(request *req, const char *method, size_t method_len, json_t *params)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Queues the events of every update/delete command. */
-static void produce_all(us_api *api, request *req)
-{
-    int64_t t = now_ms();
-    for (size_t i = 0; i < req->ncmds; i++) {
-        command *c = &req->cmds[i];
-        if (c->kind != CMD_UPDATE && c->kind != CMD_DELETE) continue;
-        us_metric_add(c->kind == CMD_UPDATE ? api->m_update : api->m_delete, 1);
-        us_producer_send(api->producer, &c->acks,
-                         c->kind == CMD_UPDATE ? US_EVENT_ACTIVE : US_EVENT_DELETE, c->users,
-                         c->nusers, t, c->state, c->state_len, c->has_state);
-    }
-}
-
-static us_redis *thread_redis(us_api *api)
-{
-    us_redis *r = pthread_getspecific(api->redis_key);
-    if (r) return r;
-    char err[256];
-    r = us_redis_new(api->cfg, err, sizeof(err)); /* The config was checked at start-up. */
-    if (!r) abort();
-    pthread_setspecific(api->redis_key, r);
-    pthread_mutex_lock(&api->mu);
-    api->redis_all = realloc(api->redis_all, (api->nredis + 1) * sizeof(us_redis *));
-    if (!api->redis_all) abort();
-    api->redis_all[api->nredis++] = r;
-    pthread_mutex_unlock(&api->mu);
-    return r;
-}
-
-/* Writes one command's reply. Returns its error code (0 for a result). */
-static int command_reply(us_api *api, command *c, sbuf *out)
-{
-    if (c->error) {
-        sb_error(out, c->error);
-        return c->error;
-    }
-    if (c->kind == CMD_UPDATE || c->kind == CMD_DELETE) {
-        if (c->acks.failed) {
-            snprintf(c->detail, sizeof(c->detail), "kafka: %zu event(s) not acknowledged: %s",
-                     c->acks.failed, rd_kafka_err2str(c->acks.err));
-            us_metric_add(api->m_produce_failed, c->acks.failed);
-            sb_error(out, US_ERR_INTERNAL);
-            return US_ERR_INTERNAL;
+    us_api *api = req->api;
+    char err[US_CMD_REASON_MAX];
+    if (method_len == 5 && memcmp(method, "batch", 5) == 0) {
+        us_call *call = batch_call(api, params, err, sizeof(err));
+        if (call) {
+            req->batch = 1;
+            return call;
         }
-        us_metric_add(api->m_produced, c->nusers);
-        sb_cstr(out, "{\"result\":{}}");
-        return 0;
+        call = us_call_new(api->core, 1);
+        us_cmd_fail(us_call_cmd(call, 0), US_ERR_BAD_REQUEST, err);
+        return call;
     }
-
-    const us_status *st = c->read.out;
-    if (c->read.failed) {
-        snprintf(c->detail, sizeof(c->detail), "%s", c->read.err);
-        sb_error(out, US_ERR_INTERNAL);
-        return US_ERR_INTERNAL;
-    }
-    us_metric_add(api->m_users_read, c->nusers);
-    sb_cstr(out, "{\"result\":{\"statuses\":[");
-    for (size_t i = 0; i < c->nusers; i++) {
-        if (i) sb_add(out, ",", 1);
-        sb_cstr(out, "{\"user\":");
-        sb_json_str(out, c->users[i].user, c->users[i].len);
-        if (st[i].active != US_TIME_NONE) {
-            sb_cstr(out, ",\"active\":");
-            sb_int(out, st[i].active);
-        }
-        if (st[i].online != US_TIME_NONE) {
-            sb_cstr(out, ",\"online\":");
-            sb_int(out, st[i].online);
-        }
-        if (st[i].has_state) {
-            sb_cstr(out, ",\"state\":");
-            sb_json_str(out, st[i].state, st[i].state_len);
-        }
-        sb_add(out, "}", 1);
-    }
-    sb_cstr(out, "]}}");
-    return 0;
+    us_call *call = us_call_new(api->core, 1);
+    command_init(api, us_call_cmd(call, 0), method, method_len, params);
+    return call;
 }
 
 /* ---------------------------------------------------------------------------------------------
- * HTTP plumbing.
+ * Replies.
  * ------------------------------------------------------------------------------------------ */
+
+static void count_error(us_api *api, int code)
+{
+    us_metric *m = code == US_ERR_INTERNAL           ? api->m_err100
+                   : code == US_ERR_METHOD_NOT_FOUND ? api->m_err104
+                   : code == US_ERR_BAD_REQUEST      ? api->m_err107
+                   : code == US_ERR_NOT_AVAILABLE    ? api->m_err108
+                                                     : NULL;
+    if (m) us_metric_add(m, 1);
+}
+
+/* Writes a command's result object (without its key): {} or {"statuses":[...]}. */
+static void write_result(us_jw *out, const us_cmd *c)
+{
+    if (c->kind != US_CMD_GET) {
+        us_jw_cstr(out, "{}");
+        return;
+    }
+    us_jw_cstr(out, "{\"statuses\":[");
+    for (size_t i = 0; i < c->nusers; i++) {
+        const us_status *st = &c->statuses[i];
+        if (i) us_jw_add(out, ",", 1);
+        us_jw_cstr(out, "{\"user\":");
+        us_jw_str(out, c->users[i].user, c->users[i].len);
+        if (st->active != US_TIME_NONE) {
+            us_jw_cstr(out, ",\"active\":");
+            us_jw_int(out, st->active);
+        }
+        if (st->online != US_TIME_NONE) {
+            us_jw_cstr(out, ",\"online\":");
+            us_jw_int(out, st->online);
+        }
+        if (st->has_state) {
+            us_jw_cstr(out, ",\"state\":");
+            us_jw_str(out, st->state, st->state_len);
+        }
+        us_jw_add(out, "}", 1);
+    }
+    us_jw_cstr(out, "]}");
+}
+
+static void write_error(us_jw *out, int code)
+{
+    us_jw_cstr(out, "{\"error\":");
+    us_jw_error_object(out, code, us_error_message(code));
+    us_jw_add(out, "}", 1);
+}
 
 static int transport_mode(struct MHD_Connection *conn)
 {
@@ -424,86 +309,74 @@ static unsigned transport_status(int code)
     }
 }
 
-static void count_error(us_api *api, int code)
-{
-    switch (code) {
-    case US_ERR_INTERNAL:
-        us_metric_add(api->m_err100, 1);
-        break;
-    case US_ERR_METHOD_NOT_FOUND:
-        us_metric_add(api->m_err104, 1);
-        break;
-    case US_ERR_BAD_REQUEST:
-        us_metric_add(api->m_err107, 1);
-        break;
-    case US_ERR_NOT_AVAILABLE:
-        us_metric_add(api->m_err108, 1);
-        break;
-    }
-}
-
-/* Sends the reply of a request whose commands have all been produced/acknowledged. */
+/* Sends the reply of a request whose call is complete. */
 static enum MHD_Result finish(request *req)
 {
     us_api *api = req->api;
-    sbuf out = {0};
+    us_call *call = req->call;
+    us_jw out = {0};
     const char *detail = NULL;
     if (req->batch) {
-        sb_cstr(&out, "{\"replies\":[");
-        for (size_t i = 0; i < req->ncmds; i++) {
-            if (i) sb_add(&out, ",", 1);
-            int code = command_reply(api, &req->cmds[i], &out);
-            if (code) {
-                count_error(api, code);
-                if (!detail) detail = req->cmds[i].detail;
+        us_jw_cstr(&out, "{\"replies\":[");
+        for (size_t i = 0; i < us_call_ncmds(call); i++) {
+            us_cmd *c = us_call_cmd(call, i);
+            if (i) us_jw_add(&out, ",", 1);
+            if (c->error) {
+                count_error(api, c->error);
+                if (!detail) detail = c->reason;
+                write_error(&out, c->error);
+                continue;
             }
+            us_jw_cstr(&out, "{");
+            const char *m = us_cmd_method(c->kind);
+            us_jw_str(&out, m, strlen(m));
+            us_jw_add(&out, ":", 1);
+            write_result(&out, c);
+            us_jw_cstr(&out, "}");
         }
-        sb_cstr(&out, "]}");
+        us_jw_cstr(&out, "]}");
         return send_buffer(req->conn, MHD_HTTP_OK, out.p, out.len, "application/json", detail);
     }
-    command *c = &req->cmds[0];
-    int code = command_reply(api, c, &out);
-    if (code) count_error(api, code);
-    if (code && transport_mode(req->conn)) {
-        out.len = 0;
-        sb_cstr(&out, "{\"code\":");
-        sb_int(&out, code);
-        sb_cstr(&out, ",\"message\":\"");
-        sb_cstr(&out, error_message(code));
-        sb_cstr(&out, "\"}");
-        return send_buffer(req->conn, transport_status(code), out.p, out.len, "application/json",
-                           c->detail);
+    us_cmd *c = us_call_cmd(call, 0);
+    if (!c->error) {
+        us_jw_cstr(&out, "{\"result\":");
+        write_result(&out, c);
+        us_jw_add(&out, "}", 1);
+        return send_buffer(req->conn, MHD_HTTP_OK, out.p, out.len, "application/json", NULL);
     }
-    return send_buffer(req->conn, MHD_HTTP_OK, out.p, out.len, "application/json",
-                       code ? c->detail : NULL);
+    count_error(api, c->error);
+    if (transport_mode(req->conn)) {
+        us_jw_error_object(&out, c->error, us_error_message(c->error));
+        return send_buffer(req->conn, transport_status(c->error), out.p, out.len,
+                           "application/json", c->reason);
+    }
+    write_error(&out, c->error);
+    return send_buffer(req->conn, MHD_HTTP_OK, out.p, out.len, "application/json", c->reason);
 }
 
-/* Hands the reads of every get command to the batched reader. */
-static void read_all(us_api *api, request *req)
+/* ---------------------------------------------------------------------------------------------
+ * HTTP plumbing.
+ * ------------------------------------------------------------------------------------------ */
+
+/* The core's on_wait hook: runs under the core's lock, before done can. */
+static void suspend_request(void *arg)
 {
-    for (size_t i = 0; i < req->ncmds; i++) {
-        command *c = &req->cmds[i];
-        if (c->kind != CMD_GET) continue;
-        us_metric_add(api->m_get, 1);
-        if (c->nusers == 0) continue;
-        c->read.users = c->users;
-        c->read.n = c->nusers;
-        c->read.out = malloc(c->nusers * sizeof(us_status));
-        if (!c->read.out) abort();
-        c->read.waiter = &req->waiter;
-        us_ack_waiter_add(&req->waiter);
-        us_reader_submit(api->reader, &c->read);
-    }
+    request *req = arg;
+    req->suspended = 1;
+    atomic_fetch_add(&req->api->suspended, 1);
+    MHD_suspend_connection(req->conn);
 }
 
-static void wake_request(void *arg)
+/* The core's done callback. */
+static void resume_request(us_call *call, void *arg)
 {
     request *req = arg;
     MHD_resume_connection(req->conn);
 }
 
-/* Runs an /api/ request whose body is complete. */
-static enum MHD_Result start_api(request *req, const char *method_name)
+/* Runs an /api/ request whose body is complete. method is NULL for Centrifugo v4's /api, which
+ * names it in the body. */
+static enum MHD_Result start_api(request *req, const char *method)
 {
     us_api *api = req->api;
     json_error_t jerr;
@@ -515,40 +388,84 @@ static enum MHD_Result start_api(request *req, const char *method_name)
                  jerr.line, jerr.column);
         return send_text(req->conn, MHD_HTTP_BAD_REQUEST, msg);
     }
-    if (strcmp(method_name, "batch") == 0) {
-        req->batch = 1;
-        char err[160];
-        if (!json_is_object(req->doc) ||
-            batch_init(api, req, req->doc, err, sizeof(err)) != 0) {
-            req->batch = 0;
-            req->cmds = calloc(1, sizeof(command));
-            if (!req->cmds) abort();
-            req->ncmds = 1;
-            command_fail(&req->cmds[0], US_ERR_BAD_REQUEST,
-                         json_is_object(req->doc) ? err : "body must be a JSON object");
-        }
+    if (method) {
+        req->call = request_call(req, method, strlen(method), req->doc);
     } else {
-        req->cmds = calloc(1, sizeof(command));
-        if (!req->cmds) abort();
-        req->ncmds = 1;
-        command_init(api, req, &req->cmds[0], method_name, req->doc);
+        json_t *m = json_is_object(req->doc) ? json_object_get(req->doc, "method") : NULL;
+        if (!json_is_string(m)) {
+            req->call = us_call_new(api->core, 1);
+            us_cmd_fail(us_call_cmd(req->call, 0), US_ERR_BAD_REQUEST,
+                        "body must be {\"method\":\"<method>\",\"params\":{...}}");
+        } else {
+            json_t *params = json_object_get(req->doc, "params");
+            if (!params) { /* No params: as {} (owned by the document). */
+                params = json_object();
+                json_object_set_new(req->doc, "params", params);
+            }
+            req->call = request_call(req, json_string_value(m), json_string_length(m), params);
+        }
     }
-
-    produce_all(api, req);
-    read_all(api, req);
-    pthread_mutex_lock(&req->waiter.mu);
-    if (req->waiter.pending == 0) {
-        pthread_mutex_unlock(&req->waiter.mu);
+    if (us_call_start(req->call, api->cfg->query.request_timeout_ms, resume_request,
+                      suspend_request, req))
         return finish(req);
+    return MHD_YES; /* Suspended; handled again when resumed. */
+}
+
+static route route_of(const char *url)
+{
+    if (strncmp(url, API_PREFIX, strlen(API_PREFIX)) == 0) return ROUTE_API;
+    if (strcmp(url, API_V4_PATH) == 0) return ROUTE_API_V4;
+    if (strncmp(url, US_PROXY_PREFIX, strlen(US_PROXY_PREFIX)) == 0) return ROUTE_PROXY;
+    return ROUTE_OTHER;
+}
+
+/* The service's readiness, from state kept by the producer and the reader (never a Redis call):
+ * 1 with msg "{"status":"ok"}", or 0 with the reason. Also the separate metrics listener's
+ * health function. */
+static int health(void *arg, char *msg, size_t msglen)
+{
+    us_api *api = arg;
+    char err[256];
+    if (!us_producer_ready(api->producer)) {
+        snprintf(msg, msglen, "starting: Kafka topic metadata not known yet");
+        return 0;
     }
-    req->waiter.armed = 1;
-    req->waiter.wake = wake_request;
-    req->waiter.arg = req;
-    req->suspended = 1;
-    atomic_fetch_add(&api->suspended, 1);
-    MHD_suspend_connection(req->conn);
-    pthread_mutex_unlock(&req->waiter.mu);
-    return MHD_YES;
+    if (us_reader_health(api->reader, err, sizeof(err)) != 0) {
+        snprintf(msg, msglen, "unhealthy: Redis: %s", err);
+        return 0;
+    }
+    snprintf(msg, msglen, "{\"status\":\"ok\"}");
+    return 1;
+}
+
+static enum MHD_Result send_health(us_api *api, struct MHD_Connection *conn)
+{
+    char msg[320];
+    int ok = health(api, msg, sizeof(msg) - 1);
+    strcat(msg, "\n");
+    return send_text(conn, ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, msg);
+}
+
+/* GET /metrics on the API port, as query.metrics_* say (docs/choices.md, "Metrics"). */
+static enum MHD_Result send_metrics(us_api *api, struct MHD_Connection *conn)
+{
+    switch (us_api_metrics_mode(api->cfg)) {
+    case US_API_METRICS_ELSEWHERE:
+        return send_text(conn, MHD_HTTP_NOT_FOUND,
+                         "not found (/metrics is served on query.metrics_port)\n");
+    case US_API_METRICS_KEY:
+        if (!api_key_authorized(api->cfg, conn)) {
+            us_metric_add(api->m_unauthorized, 1);
+            return send_buffer(conn, MHD_HTTP_UNAUTHORIZED, NULL, 0, NULL, NULL);
+        }
+        break;
+    case US_API_METRICS_OPEN:
+        break;
+    }
+    struct MHD_Response *resp = us_admin_metrics_response();
+    enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return rc;
 }
 
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url,
@@ -562,7 +479,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         if (!req) return MHD_NO;
         req->api = api;
         req->conn = conn;
-        us_ack_waiter_init(&req->waiter);
+        req->route = route_of(url);
+        req->unauthorized = req->route != ROUTE_OTHER && !api_key_authorized(api->cfg, conn);
         *con_cls = req;
         us_metric_add(api->m_requests, 1);
         return MHD_YES; /* Answer on a later call: keeps keep-alive working. */
@@ -570,8 +488,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        if (req->too_large || req->len + n > (size_t)api->cfg->query.max_body_size) {
+        if (req->unauthorized || req->too_large) return MHD_YES; /* Discarded. */
+        if (req->len + n > (size_t)api->cfg->query.max_body_size) {
             req->too_large = 1;
+            free(req->body);
+            req->body = NULL;
+            req->len = req->cap = 0;
             return MHD_YES;
         }
         if (req->len + n > req->cap) {
@@ -585,15 +507,15 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         req->len += n;
         return MHD_YES;
     }
-    if (req->suspended) { /* Resumed: every event is acknowledged or failed, every read done. */
+    if (req->suspended) { /* Resumed: the call is complete. */
         req->suspended = 0;
         atomic_fetch_sub(&api->suspended, 1);
         return finish(req);
     }
 
-    if (strncmp(url, API_PREFIX, strlen(API_PREFIX)) == 0) {
+    if (req->route == ROUTE_API || req->route == ROUTE_API_V4) {
         if (strcmp(method, "POST") != 0) return send_post_only(conn);
-        if (!api_key_authorized(api->cfg, conn)) {
+        if (req->unauthorized) {
             us_metric_add(api->m_unauthorized, 1);
             return send_buffer(conn, MHD_HTTP_UNAUTHORIZED, NULL, 0, NULL, NULL);
         }
@@ -604,26 +526,13 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
                      api->cfg->query.max_body_size);
             return send_text(conn, MHD_HTTP_CONTENT_TOO_LARGE, msg);
         }
-        return start_api(req, url + strlen(API_PREFIX));
+        return start_api(req, req->route == ROUTE_API ? url + strlen(API_PREFIX) : NULL);
     }
-    if (strncmp(url, US_PROXY_PREFIX, strlen(US_PROXY_PREFIX)) == 0)
+    if (req->route == ROUTE_PROXY)
         return us_proxy_handle(api->proxy, conn, url, method, req->body, req->len, req->too_large,
                                &req->proxy_state);
-    if (strcmp(method, "GET") == 0 && strcmp(url, "/metrics") == 0) {
-        struct MHD_Response *resp = us_admin_metrics_response();
-        enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, resp);
-        MHD_destroy_response(resp);
-        return rc;
-    }
-    if (strcmp(method, "GET") == 0 && strcmp(url, "/health") == 0) {
-        char err[256];
-        if (us_redis_ping(thread_redis(api), err, sizeof(err)) != 0) {
-            char msg[300];
-            snprintf(msg, sizeof(msg), "unhealthy: %s\n", err);
-            return send_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, msg);
-        }
-        return send_text(conn, MHD_HTTP_OK, "{\"status\":\"ok\"}\n");
-    }
+    if (strcmp(method, "GET") == 0 && strcmp(url, "/metrics") == 0) return send_metrics(api, conn);
+    if (strcmp(method, "GET") == 0 && strcmp(url, "/health") == 0) return send_health(api, conn);
     return send_text(conn, MHD_HTTP_NOT_FOUND, "not found\n");
 }
 
@@ -632,14 +541,13 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
     request *req = *con_cls;
     if (!req) return;
-    us_proxy_request_done(req->api->proxy, &req->proxy_state);
-    for (size_t i = 0; i < req->ncmds; i++) {
-        free(req->cmds[i].users);
-        free(req->cmds[i].read.out);
+    if (req->suspended) { /* Resumed, then closed before the handler ran again. */
+        req->suspended = 0;
+        atomic_fetch_sub(&req->api->suspended, 1);
     }
-    free(req->cmds);
+    us_proxy_request_done(req->api->proxy, &req->proxy_state);
+    us_call_release(req->call);
     if (req->doc) json_decref(req->doc);
-    us_ack_waiter_destroy(&req->waiter);
     free(req->body);
     free(req);
     *con_cls = NULL;
@@ -669,44 +577,26 @@ static void register_metrics(us_api *api)
                                       "API error replies, by code.");
     api->m_err108 = us_metric_counter("userstatus_query_errors_total{code=\"108\"}",
                                       "API error replies, by code.");
-    api->m_produced = us_metric_counter("userstatus_query_events_acknowledged_total",
-                                        "Events the broker acknowledged.");
-    api->m_produce_failed = us_metric_counter("userstatus_query_events_failed_total",
-                                              "Events that could not be delivered to Kafka.");
-    api->m_users_read = us_metric_counter("userstatus_query_users_read_total",
-                                          "User statuses read from Redis.");
 }
 
-us_api *us_api_start(const us_config *cfg, us_producer *producer, char *err, size_t errlen)
+us_api *us_api_start(const us_config *cfg, us_core *core, us_producer *producer,
+                     us_reader *reader, unsigned threads, char *err, size_t errlen)
 {
     struct sockaddr_storage sa;
     if (us_listen_addr(cfg->address, cfg->port, &sa, err, errlen) != 0) return NULL;
-    us_redis *probe = us_redis_new(cfg, err, errlen); /* Validates the Redis settings now. */
-    if (!probe) return NULL;
-    us_redis_free(probe);
-
     us_api *api = calloc(1, sizeof(*api));
     if (!api) abort();
     api->cfg = cfg;
+    api->core = core;
     api->producer = producer;
-    api->proxy = us_proxy_new(cfg, producer, err, errlen);
+    api->reader = reader;
+    api->proxy = us_proxy_new(cfg, core, err, errlen);
     if (!api->proxy) {
         free(api);
         return NULL;
     }
-    pthread_mutex_init(&api->mu, NULL);
-    pthread_key_create(&api->redis_key, NULL);
     register_metrics(api);
-    us_redis_metrics_register();
 
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    unsigned threads = cfg->query.threads > 0 ? (unsigned)cfg->query.threads
-                                              : (unsigned)(cores > 0 ? cores : 1);
-    api->reader = us_reader_new(cfg, (int)threads, err, errlen);
-    if (!api->reader) {
-        us_api_stop(api);
-        return NULL;
-    }
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
                      MHD_USE_ITC;
     if (sa.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
@@ -722,38 +612,43 @@ us_api *us_api_start(const us_config *cfg, us_producer *producer, char *err, siz
         us_api_stop(api);
         return NULL;
     }
-    us_info("serving the HTTP API on %s:%d with %u threads", cfg->address, cfg->port, threads);
-    return api;
-}
-
-/* Stops accepting connections and waits (bounded by the produce timeout) until no /api/ request
- * is suspended: libmicrohttpd must not be stopped with suspended connections, and every request
- * in flight deserves its answer. */
-static void drain_requests(us_api *api)
-{
-    MHD_socket listener = MHD_quiesce_daemon(api->daemon);
-    if (listener != MHD_INVALID_SOCKET) close(listener);
-    struct timespec pause = {0, 10 * 1000 * 1000};
-    int64_t waited_ms = 0, limit_ms = api->cfg->kafka.produce_timeout_ms + 2000;
-    while (atomic_load(&api->suspended) > 0 && waited_ms < limit_ms) {
-        nanosleep(&pause, NULL);
-        waited_ms += 10;
+    if (cfg->query.metrics_port) {
+        api->metrics_http = us_admin_http_start(cfg->query.metrics_address,
+                                                cfg->query.metrics_port, health, api, err, errlen);
+        if (!api->metrics_http) {
+            us_api_stop(api);
+            return NULL;
+        }
     }
-    if (atomic_load(&api->suspended) > 0)
-        us_warn("stopping with %d request(s) still waiting", atomic_load(&api->suspended));
+    static const char *const modes[] = {
+        [US_API_METRICS_OPEN] = "on the API port, without a key",
+        [US_API_METRICS_KEY] = "on the API port, with the API key (query.metrics_require_key)",
+        [US_API_METRICS_ELSEWHERE] = "on query.metrics_address:query.metrics_port only",
+    };
+    us_info("serving the HTTP API on %s:%d with %u threads; /metrics %s", cfg->address, cfg->port,
+            threads, modes[us_api_metrics_mode(cfg)]);
+    return api;
 }
 
 void us_api_stop(us_api *api)
 {
     if (!api) return;
-    us_proxy_quiesce(api->proxy); /* The daemon must not stop with suspended connections. */
-    if (api->daemon) drain_requests(api);
-    if (api->daemon) MHD_stop_daemon(api->daemon);
-    us_reader_free(api->reader);
+    if (api->daemon) {
+        MHD_socket listener = MHD_quiesce_daemon(api->daemon);
+        if (listener != MHD_INVALID_SOCKET) close(listener);
+        /* The core is quiesced: every suspended request has been resumed; give the daemon's
+         * threads a moment to send their replies. */
+        for (int waited = 0; atomic_load(&api->suspended) > 0 && waited < DRAIN_WAIT_MS;
+             waited += DRAIN_TICK_MS) {
+            struct timespec ts = {0, DRAIN_TICK_MS * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+        if (atomic_load(&api->suspended) > 0)
+            us_warn("stopping with %d resumed request(s) not answered yet; their connections "
+                    "are closed", atomic_load(&api->suspended));
+        MHD_stop_daemon(api->daemon);
+    }
+    us_admin_http_stop(api->metrics_http);
     us_proxy_free(api->proxy);
-    for (size_t i = 0; i < api->nredis; i++) us_redis_free(api->redis_all[i]);
-    free(api->redis_all);
-    pthread_key_delete(api->redis_key);
-    pthread_mutex_destroy(&api->mu);
     free(api);
 }

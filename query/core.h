@@ -41,6 +41,7 @@ typedef enum us_cmd_kind {
     US_CMD_GET,
     US_CMD_UPDATE,
     US_CMD_DELETE,
+    US_CMD_ONLINE, /* An "online" event (the Centrifugo refresh proxy's heartbeat); no API method. */
 } us_cmd_kind;
 
 /* One command of a call. Front ends fill it with us_cmd_set/us_cmd_fail before us_call_start and
@@ -95,6 +96,12 @@ us_call *us_call_new(us_core *core, size_t ncmds);
 size_t us_call_ncmds(const us_call *call);
 us_cmd *us_call_cmd(us_call *call, size_t i);
 
+/* Checks one command's input against every limit: users per request, each user id's length and
+ * UTF-8, the state's length and UTF-8. Returns 0, or the error code (US_ERR_BAD_REQUEST, or
+ * US_ERR_NOT_AVAILABLE when user_status is disabled) with a client-safe reason. Pure. */
+int us_cmd_validate(const us_config *cfg, const us_user_ref *users, size_t n, const char *state,
+                    size_t state_len, int has_state, char *reason, size_t reasonlen);
+
 /* Sets command c from parsed input, checking every limit (users per request, user id length and
  * UTF-8, state length and UTF-8). On a violation the command fails with US_ERR_BAD_REQUEST and a
  * reason naming the offending item; returns 0 when the command is valid, -1 otherwise. Users are
@@ -107,8 +114,11 @@ void us_cmd_fail(us_cmd *c, int code, const char *reason);
 
 /* Starts every valid command of the call: events for updates/deletes, reads for gets. The call
  * completes within timeout_ms. Returns 1 when it is already complete (done is not called), 0 when
- * done(call, arg) will be called once. */
-int us_call_start(us_call *call, int64_t timeout_ms, us_call_done_fn done, void *arg);
+ * done(call, arg) will be called once. In the second case on_wait(arg), when not NULL, is called
+ * first, under the core's lock, before done can possibly run: a front end that must suspend its
+ * connection before it can be resumed (libmicrohttpd) suspends it there. */
+int us_call_start(us_call *call, int64_t timeout_ms, us_call_done_fn done,
+                  void (*on_wait)(void *arg), void *arg);
 
 /* The front end is finished with the call (it answered, or never started it). Must not be called
  * while a started call is incomplete. Accepts NULL. */
@@ -119,6 +129,10 @@ const char *us_cmd_method(us_cmd_kind kind);
 
 /* The kind of a method name, or US_CMD_NONE when unknown. */
 us_cmd_kind us_cmd_kind_of(const char *method, size_t len);
+
+/* Events the call's commands produced that the broker acknowledged, and that failed or were not
+ * acknowledged in time (valid after completion). */
+size_t us_call_events_acked(const us_call *call);
 
 /* Centrifugo's message of an error code ("bad request", ...). */
 const char *us_error_message(int code);

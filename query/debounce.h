@@ -1,6 +1,7 @@
 /* Per-user debouncing of "active" events: at most one per user per interval.
  *
- * A fixed table of slots, each remembering one user (by hash), when an event for it was last sent
+ * A fixed table of slots, each remembering one user (by a keyed hash, so that clients cannot craft
+ * ids that collide with another user's), when an event for it was last sent
  * and which state that event set. Memory is bounded; two users sharing a slot only cost an extra
  * event, never a lost one. Thread-safe. */
 #ifndef US_DEBOUNCE_H

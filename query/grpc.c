@@ -176,10 +176,10 @@ static grpc_status_code transport_status(int code)
     }
 }
 
-/* How long the core may take: the client's deadline, bounded by kafka.produce_timeout. */
+/* How long the core may take: the client's deadline, bounded by query.request_timeout. */
 static int64_t call_timeout_ms(const rpc *r)
 {
-    int64_t limit = r->g->cfg->kafka.produce_timeout_ms;
+    int64_t limit = r->g->cfg->query.request_timeout_ms;
     gpr_timespec dl = gpr_convert_clock_type(r->deadline, GPR_CLOCK_MONOTONIC);
     if (gpr_time_cmp(dl, gpr_inf_future(GPR_CLOCK_MONOTONIC)) >= 0) return limit;
     int64_t left = gpr_time_to_millis(gpr_time_sub(dl, gpr_now(GPR_CLOCK_MONOTONIC)));
@@ -508,9 +508,9 @@ static int prepare_batch(rpc *r, char *why, size_t whylen)
 {
     us_grpc *g = r->g;
     const PbBatchRequest *b = (const PbBatchRequest *)r->req;
-    if (b->n_commands > (size_t)g->cfg->query.max_users_per_request) {
-        snprintf(why, whylen, "too many commands: %zu (limit query.max_users_per_request = %d)",
-                 b->n_commands, g->cfg->query.max_users_per_request);
+    if (b->n_commands > (size_t)g->cfg->query.max_batch_commands) {
+        snprintf(why, whylen, "too many commands: %zu (limit query.max_batch_commands = %d)",
+                 b->n_commands, g->cfg->query.max_batch_commands);
         return -1;
     }
     if (b->n_commands == 0) return 0;
@@ -583,7 +583,7 @@ static void serve(rpc *r)
         prepare_single(r);
     }
     /* From here on another thread may answer and free r at any moment. */
-    if (us_call_start(r->core_call, call_timeout_ms(r), on_call_done, r) == 1)
+    if (us_call_start(r->core_call, call_timeout_ms(r), on_call_done, NULL, r) == 1)
         on_call_done(r->core_call, r);
 }
 

@@ -9,6 +9,7 @@
 #include "kafka.h"
 #include "log.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,55 +26,23 @@ struct us_producer {
     pthread_t poller, topics;
     int topics_started;
     _Atomic int stop;
+    _Atomic int ready; /* The topic's metadata is known. */
 };
 
-void us_ack_waiter_init(us_ack_waiter *w)
-{
-    memset(w, 0, sizeof(*w));
-    pthread_mutex_init(&w->mu, NULL);
-}
-
-void us_ack_waiter_destroy(us_ack_waiter *w)
-{
-    pthread_mutex_destroy(&w->mu);
-}
-
-void us_ack_waiter_add(us_ack_waiter *w)
-{
-    pthread_mutex_lock(&w->mu);
-    w->pending++;
-    pthread_mutex_unlock(&w->mu);
-}
-
-/* Marks one thing done, after recording a delivery failure into g (NULL: none). */
-static void waiter_done(us_ack_waiter *w, us_ack_group *g, rd_kafka_resp_err_t err)
-{
-    void (*wake)(void *) = NULL;
-    void *arg = NULL;
-    pthread_mutex_lock(&w->mu);
-    if (g && err) {
-        if (g->failed++ == 0) g->err = err;
-    }
-    if (--w->pending == 0 && w->armed) {
-        w->armed = 0;
-        wake = w->wake;
-        arg = w->arg;
-    }
-    pthread_mutex_unlock(&w->mu);
-    /* Outside the lock, and without touching w again: once woken, the request may be answered
-     * and freed (waiter included) by an HTTP thread at any moment. */
-    if (wake) wake(arg);
-}
-
-void us_ack_waiter_done(us_ack_waiter *w)
-{
-    waiter_done(w, NULL, RD_KAFKA_RESP_ERR_NO_ERROR);
-}
+/* A queued message's report target: the caller's callback and its argument. Allocated per
+ * message so that a report never points into reused memory. */
+typedef struct delivery {
+    us_delivery_fn done;
+    void *opaque;
+} delivery;
 
 static void delivered(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
-    us_ack_group *g = m->_private;
-    waiter_done(g->waiter, g, m->err);
+    delivery *d = m->_private;
+    us_delivery_fn done = d->done;
+    void *arg = d->opaque;
+    free(d);
+    done(arg, m->err);
 }
 
 static void *poll_thread(void *arg)
@@ -83,13 +52,50 @@ static void *poll_thread(void *arg)
     return NULL;
 }
 
+/* Fetches the topic's metadata, so that librdkafka knows every partition's leader before the
+ * first event: without it the first events wait for a metadata round trip (and a proxy call,
+ * bounded by proxy.ack_timeout, could fail). Returns 0 once every partition has a leader. */
+static int warm_up(us_producer *p, char *err, size_t errlen)
+{
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->rk, p->cfg->kafka.topic, NULL);
+    if (!rkt) {
+        snprintf(err, errlen, "producer: cannot create a handle for topic '%s'", p->cfg->kafka.topic);
+        return -1;
+    }
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(p->rk, 0, rkt, &md, TOPIC_CREATE_TIMEOUT_MS);
+    int rc = -1;
+    if (e) {
+        snprintf(err, errlen, "producer: metadata of topic '%s': %s", p->cfg->kafka.topic,
+                 rd_kafka_err2str(e));
+    } else if (md->topic_cnt != 1 || md->topics[0].err || md->topics[0].partition_cnt == 0) {
+        snprintf(err, errlen, "producer: topic '%s' has no partitions yet", p->cfg->kafka.topic);
+    } else {
+        rc = 0;
+        for (int i = 0; i < md->topics[0].partition_cnt; i++)
+            if (md->topics[0].partitions[i].leader < 0) {
+                snprintf(err, errlen, "producer: partition %d of '%s' has no leader yet", i,
+                         p->cfg->kafka.topic);
+                rc = -1;
+                break;
+            }
+    }
+    if (md) rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(rkt);
+    return rc;
+}
+
 static void *topics_thread(void *arg)
 {
     us_producer *p = arg;
     char err[512];
     while (!atomic_load(&p->stop)) {
-        if (us_kafka_ensure_topics(p->rk, p->cfg, TOPIC_CREATE_TIMEOUT_MS, err, sizeof(err)) == 0)
+        if (us_kafka_ensure_topics(p->rk, p->cfg, TOPIC_CREATE_TIMEOUT_MS, err, sizeof(err)) == 0 &&
+            warm_up(p, err, sizeof(err)) == 0) {
+            atomic_store(&p->ready, 1);
+            us_info("producer ready: metadata of topic '%s' known", p->cfg->kafka.topic);
             return NULL;
+        }
         us_warn("%s; retrying in %d s", err, TOPIC_RETRY_DELAY_S);
         for (int i = 0; i < TOPIC_RETRY_DELAY_S * 10 && !atomic_load(&p->stop); i++)
             usleep(100 * 1000);
@@ -133,9 +139,14 @@ void us_producer_free(us_producer *p)
     free(p);
 }
 
-int us_producer_send(us_producer *p, us_ack_group *g, us_event_type type, const us_user_ref *users,
-                     size_t n, int64_t time_ms, const char *state, size_t state_len,
-                     int has_state)
+int us_producer_ready(const us_producer *p)
+{
+    return atomic_load(&((us_producer *)p)->ready);
+}
+
+size_t us_producer_send(us_producer *p, us_event_type type, const us_user_ref *users, size_t n,
+                        int64_t time_ms, const char *state, size_t state_len, int has_state,
+                        us_delivery_fn done, void *opaque, rd_kafka_resp_err_t *err)
 {
     char buf[US_EVENT_ENCODED_MAX];
     for (size_t i = 0; i < n; i++) {
@@ -151,26 +162,22 @@ int us_producer_send(us_producer *p, us_ack_group *g, us_event_type type, const 
         };
         int len = us_event_encode(&ev, buf, sizeof(buf));
         if (len < 0) {
-            pthread_mutex_lock(&g->waiter->mu);
-            if (g->failed++ == 0) g->err = RD_KAFKA_RESP_ERR__INVALID_ARG;
-            pthread_mutex_unlock(&g->waiter->mu);
-            return -1;
+            *err = RD_KAFKA_RESP_ERR__INVALID_ARG;
+            return i;
         }
-        /* Count first: the delivery report may arrive before producev returns. */
-        us_ack_waiter_add(g->waiter);
-        rd_kafka_resp_err_t err = rd_kafka_producev(
+        delivery *d = malloc(sizeof(*d));
+        if (!d) abort();
+        d->done = done;
+        d->opaque = opaque;
+        rd_kafka_resp_err_t e = rd_kafka_producev(
             p->rk, RD_KAFKA_V_TOPIC(p->cfg->kafka.topic),
             RD_KAFKA_V_KEY(users[i].user, users[i].len), RD_KAFKA_V_VALUE(buf, (size_t)len),
-            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(g), RD_KAFKA_V_END);
-        if (err) {
-            pthread_mutex_lock(&g->waiter->mu);
-            g->waiter->pending--;
-            if (g->failed++ == 0) g->err = err;
-            pthread_mutex_unlock(&g->waiter->mu);
-            us_warn("cannot queue %s event for user '%.*s': %s", us_event_type_name(type),
-                    (int)users[i].len, users[i].user, rd_kafka_err2str(err));
-            return -1;
+            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(d), RD_KAFKA_V_END);
+        if (e) {
+            free(d);
+            *err = e;
+            return i;
         }
     }
-    return 0;
+    return n;
 }

@@ -5,7 +5,7 @@
 #define US_PROXY_H
 
 #include "config.h"
-#include "producer.h"
+#include "core.h"
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -43,15 +43,11 @@ typedef struct us_proxy us_proxy;
 int us_proxy_parse(const us_config *cfg, us_proxy_endpoint endpoint, const char *body, size_t len,
                    json_t **doc, us_proxy_call *call);
 
-/* Creates the endpoints' state (debounce table, deadline thread). Returns NULL with err set. */
-us_proxy *us_proxy_new(const us_config *cfg, us_producer *producer, char *err, size_t errlen);
+/* Creates the endpoints' state (debounce table) over the command core. Returns NULL with err
+ * set. */
+us_proxy *us_proxy_new(const us_config *cfg, us_core *core, char *err, size_t errlen);
 
-/* Answers every request still waiting for the broker now and stops waiting for new ones. Call it
- * before MHD_stop_daemon(), which must not find suspended connections. Accepts NULL. */
-void us_proxy_quiesce(us_proxy *p);
-
-/* Waits (bounded by kafka.produce_timeout) for the delivery reports of events still in flight,
- * then frees. Call after the HTTP daemon stopped and before the producer is freed. Accepts NULL. */
+/* Frees. Call after the HTTP daemon stopped. Accepts NULL. */
 void us_proxy_free(us_proxy *p);
 
 /* Handles a request under US_PROXY_PREFIX whose body (len bytes; too_large when it exceeded

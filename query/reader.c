@@ -1,6 +1,7 @@
 /* Implementation of the batched Redis reader. */
 #include "reader.h"
 
+#include "clock.h"
 #include "log.h"
 
 #include <pthread.h>
@@ -9,6 +10,7 @@
 #include <string.h>
 
 #define MAX_USERS_PER_ROUND 8192 /* Users read in one round; bounds a round's latency. */
+#define READER_PING_MS 1000      /* An idle reader thread PINGs Redis this often. Milliseconds. */
 
 struct us_reader {
     pthread_mutex_t mu;
@@ -16,9 +18,24 @@ struct us_reader {
     us_read_job *head, *tail;
     int stop;
     pthread_t *threads;
+    us_redis **redis; /* Each thread's store, for us_redis_interrupt at stop. */
     int nthreads;
     const us_config *cfg;
+    int healthy;         /* Outcome of the last round trip (-1: none yet), under mu. */
+    char health_err[256]; /* Its reason when it failed, under mu. */
 };
+
+/* Records the outcome of a round trip for us_reader_health. */
+static void set_health(us_reader *rd, int ok, const char *err)
+{
+    pthread_mutex_lock(&rd->mu);
+    int was = rd->healthy;
+    rd->healthy = ok;
+    if (!ok) snprintf(rd->health_err, sizeof(rd->health_err), "%s", err);
+    pthread_mutex_unlock(&rd->mu);
+    if (was != 0 && !ok) us_warn("reader: Redis is unhealthy: %s", err); /* Changes only. */
+    if (was == 0 && ok) us_info("reader: Redis is healthy again");
+}
 
 /* One reader thread's own connections and scratch arrays. */
 typedef struct reader_thread {
@@ -68,18 +85,17 @@ static void run_round(reader_thread *t, us_read_job *jobs, size_t nusers)
     char err[256];
     int rc = us_redis_get(t->redis, t->users, nusers, t->out, err, sizeof(err));
     if (rc != 0) us_error("get_user_status of %zu users: %s", nusers, err);
+    set_health(t->rd, rc == 0, err);
     k = 0;
     us_read_job *j = jobs;
     while (j) {
-        us_read_job *next = j->next; /* j may be freed once its waiter is released. */
-        if (rc != 0) {
+        us_read_job *next = j->next; /* j may be freed once done runs. */
+        if (rc != 0)
             j->failed = 1;
-            snprintf(j->err, sizeof(j->err), "%s", err);
-        } else {
+        else
             memcpy(j->out, t->out + k, j->n * sizeof(*t->out));
-        }
         k += j->n;
-        us_ack_waiter_done(j->waiter);
+        j->done(j);
         j = next;
     }
 }
@@ -88,9 +104,24 @@ static void *reader_main(void *arg)
 {
     reader_thread *t = arg;
     us_reader *rd = t->rd;
+    char perr[256];
+    int pok = us_redis_ping(t->redis, perr, sizeof(perr)) == 0; /* Health known from the start. */
+    set_health(rd, pok, perr);
     for (;;) {
         pthread_mutex_lock(&rd->mu);
-        while (!rd->head && !rd->stop) pthread_cond_wait(&rd->cv, &rd->mu);
+        while (!rd->head && !rd->stop) {
+            struct timespec until;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            until.tv_sec += READER_PING_MS / 1000;
+            if (pthread_cond_timedwait(&rd->cv, &rd->mu, &until) != 0 && !rd->head && !rd->stop) {
+                /* Idle: check Redis, so that /health knows without asking it on an HTTP thread. */
+                pthread_mutex_unlock(&rd->mu);
+                char err[256];
+                int ok = us_redis_ping(t->redis, err, sizeof(err)) == 0;
+                set_health(rd, ok, err);
+                pthread_mutex_lock(&rd->mu);
+            }
+        }
         if (!rd->head) { /* Stopping, and nothing left to do. */
             pthread_mutex_unlock(&rd->mu);
             break;
@@ -112,15 +143,23 @@ us_reader *us_reader_new(const us_config *cfg, int nthreads, char *err, size_t e
     us_reader *rd = calloc(1, sizeof(*rd));
     if (!rd) abort();
     pthread_mutex_init(&rd->mu, NULL);
-    pthread_cond_init(&rd->cv, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&rd->cv, &ca);
+    pthread_condattr_destroy(&ca);
     rd->cfg = cfg;
+    rd->healthy = -1;
+    snprintf(rd->health_err, sizeof(rd->health_err), "no Redis round trip yet");
     rd->threads = calloc((size_t)nthreads, sizeof(pthread_t));
-    if (!rd->threads) abort();
+    rd->redis = calloc((size_t)nthreads, sizeof(us_redis *));
+    if (!rd->threads || !rd->redis) abort();
     for (int i = 0; i < nthreads; i++) {
         reader_thread *t = calloc(1, sizeof(*t));
         if (!t) abort();
         t->rd = rd;
         t->redis = us_redis_new(cfg, err, errlen);
+        rd->redis[i] = t->redis;
         if (!t->redis || pthread_create(&rd->threads[i], NULL, reader_main, t) != 0) {
             if (t->redis) snprintf(err, errlen, "cannot start a Redis reader thread");
             us_redis_free(t->redis);
@@ -147,6 +186,15 @@ void us_reader_submit(us_reader *rd, us_read_job *job)
     pthread_mutex_unlock(&rd->mu);
 }
 
+int us_reader_health(us_reader *rd, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&rd->mu);
+    int ok = rd->healthy == 1;
+    if (!ok) snprintf(err, errlen, "%s", rd->health_err);
+    pthread_mutex_unlock(&rd->mu);
+    return ok ? 0 : -1;
+}
+
 void us_reader_free(us_reader *rd)
 {
     if (!rd) return;
@@ -154,8 +202,12 @@ void us_reader_free(us_reader *rd)
     rd->stop = 1;
     pthread_cond_broadcast(&rd->cv);
     pthread_mutex_unlock(&rd->mu);
+    /* A thread may be blocked on a frozen Redis for up to redis_io_timeout: make its read (and
+     * those of the jobs still queued) fail now. */
+    for (int i = 0; i < rd->nthreads; i++) us_redis_interrupt(rd->redis[i]);
     for (int i = 0; i < rd->nthreads; i++) pthread_join(rd->threads[i], NULL);
     free(rd->threads);
+    free(rd->redis);
     pthread_cond_destroy(&rd->cv);
     pthread_mutex_destroy(&rd->mu);
     free(rd);

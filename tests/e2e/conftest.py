@@ -470,15 +470,16 @@ class Namespace:
 
 def api(base_url, method, body, key=API_KEY, headers=None, raw=None, http_method="POST", params=None,
         timeout=15):
-    """Call /api/<method>. body: a JSON-able object (ignored when raw bytes are given). Returns the
-    requests.Response."""
+    """Call /api/<method> (method None: Centrifugo v4's single endpoint /api). body: a JSON-able
+    object (ignored when raw bytes are given). Returns the requests.Response."""
     h = {"Content-Type": "application/json"}
     if key is not None:
         h["X-API-Key"] = key
     if headers:
         h.update(headers)
     data = raw if raw is not None else json.dumps(body).encode()
-    return requests.request(http_method, "%s/api/%s" % (base_url, method), data=data, headers=h,
+    path = "/api" if method is None else "/api/" + method
+    return requests.request(http_method, base_url + path, data=data, headers=h,
                             params=params, timeout=timeout)
 
 

@@ -207,14 +207,14 @@ def test_batch_update_then_get(ns, stack):
     assert set(res) == {"replies"}
     replies = res["replies"]
     assert len(replies) == 2
-    assert replies[0] == {"result": {}}
-    assert set(replies[1]) == {"result"}
-    sts = replies[1]["result"]["statuses"]
+    assert replies[0] == {"update_user_status": {}}
+    assert set(replies[1]) == {"get_user_status"}
+    sts = replies[1]["get_user_status"]["statuses"]
     assert len(sts) == 1 and sts[0]["user"] == "u1"
     assert set(sts[0]) <= {"user", "active"}
     # eventually the update is visible through a batch too
     wait_until(lambda: "active" in call(q.url, "batch", {"commands": [{"get_user_status": {"users": ["u1"]}}]})
-               ["replies"][0]["result"]["statuses"][0], what="u1 active")
+               ["replies"][0]["get_user_status"]["statuses"][0], what="u1 active")
 
 
 def test_batch_errors_are_per_reply(ns, query):
@@ -223,9 +223,63 @@ def test_batch_errors_are_per_reply(ns, query):
         {"nope": {}},
         {"get_user_status": {"users": ["z"]}},
     ]})
-    assert res["replies"][0] == {"error": {"code": 107, "message": "bad request"}}
-    assert res["replies"][1]["error"]["code"] == 104
-    assert res["replies"][2] == {"result": {"statuses": [{"user": "z"}]}}
+    assert res["replies"] == [
+        {"error": {"code": 107, "message": "bad request"}},
+        {"error": {"code": 104, "message": "method not found"}},
+        {"get_user_status": {"statuses": [{"user": "z"}]}},
+    ]
+
+
+def test_batch_replies_are_keyed_by_method_as_centrifugo_does(ns, stack):
+    _, q = stack
+    res = call(q.url, "batch", {"parallel": True, "commands": [
+        {"update_user_status": {"users": ["k1"], "state": "dnd"}},
+        None,
+        {"delete_user_status": {"users": ["k2"]}},
+        {"publish": {"channel": "x", "data": {}}},
+        {"method": "get_user_status", "params": {"users": ["k3"]}},
+    ]})
+    assert res == {"replies": [
+        {"update_user_status": {}},
+        {"error": {"code": 107, "message": "bad request"}},
+        {"delete_user_status": {}},
+        {"error": {"code": 104, "message": "method not found"}},
+        {"get_user_status": {"statuses": [{"user": "k3"}]}},
+    ]}
+    wait_until(lambda: status(q.url, "k1").get("state") == "dnd", what="k1 state from a batch")
+
+
+def test_batch_parallel_must_be_a_boolean(ns, query):
+    res = call(query.url, "batch", {"parallel": "yes", "commands": [{"get_user_status": {"users": ["a"]}}]})
+    assert res == {"error": {"code": 107, "message": "bad request"}}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Centrifugo v4's single endpoint: POST /api {"method": ..., "params": ...}
+
+
+def test_v4_single_endpoint_runs_each_method(ns, stack):
+    _, q = stack
+    r = api(q.url, None, {"method": "update_user_status", "params": {"users": ["v4a"]}})
+    assert r.status_code == 200 and r.json() == {"result": {}}
+    wait_until(lambda: "active" in status(q.url, "v4a"), what="v4a active")
+    r = api(q.url, None, {"method": "get_user_status", "params": {"users": ["v4a", "v4b"]}})
+    sts = r.json()["result"]["statuses"]
+    assert [s["user"] for s in sts] == ["v4a", "v4b"] and "active" in sts[0] and sts[1] == {"user": "v4b"}
+    r = api(q.url, None, {"method": "batch", "params": {"commands": [{"get_user_status": {"users": ["v4b"]}}]}})
+    assert r.json() == {"replies": [{"get_user_status": {"statuses": [{"user": "v4b"}]}}]}
+    r = api(q.url, None, {"method": "delete_user_status", "params": {"users": ["v4a"]}})
+    assert r.json() == {"result": {}}
+
+
+def test_v4_single_endpoint_errors(ns, query):
+    assert api(query.url, None, {"method": "presence", "params": {}}).json() == \
+        {"error": {"code": 104, "message": "method not found"}}
+    assert api(query.url, None, {"params": {}}).json() == {"error": {"code": 107, "message": "bad request"}}
+    assert api(query.url, None, {"method": "get_user_status"}).json() == {"error": {"code": 107, "message": "bad request"}}
+    assert api(query.url, None, {"method": "get_user_status", "params": {"users": []}}, key="wrong").status_code == 401
+    assert api(query.url, None, None, raw=b"{nope").status_code == 400
+    assert api(query.url, None, {}, http_method="GET").status_code == 405
 
 
 def test_concurrent_gets_each_get_their_own_users(ns, query, redis):

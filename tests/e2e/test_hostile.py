@@ -27,7 +27,7 @@ KEY_HDR = b"X-API-Key: " + API_KEY.encode() + b"\r\n"
 def hostile(tmp_path_factory):
     ns = Namespace(tmp_path_factory.mktemp("hostile"), None)
     create_topics([ns.topic, ns.dlq])
-    cfg = ns.config(query={"max_body_size": MAX_BODY, "max_users_per_request": MAX_USERS,
+    cfg = ns.config(query={"max_body_size": MAX_BODY, "max_users_per_request": MAX_USERS, "max_batch_commands": MAX_USERS,
                            "max_user_id_length": MAX_USER_ID, "max_connections": MAX_CONNECTIONS,
                            "connection_timeout": "%ds" % CONN_TIMEOUT_S, "threads": 2})
     q = ns.start_query(cfg)
@@ -275,7 +275,7 @@ CASES = {
         json_is(200, {"replies": [
             {"error": {"code": 107, "message": "bad request"}}, {"error": {"code": 107, "message": "bad request"}},
             {"error": {"code": 107, "message": "bad request"}}, {"error": {"code": 104, "message": "method not found"}},
-            {"result": {"statuses": [{"user": "a"}]}}]})),
+            {"get_user_status": {"statuses": [{"user": "a"}]}}]})),
 }
 
 

@@ -2,8 +2,8 @@
  * Go-style duration parser (us_duration_parse) and the Redis address parser (us_redis_addr_parse).
  *
  * The file is a memfd (no disk I/O, nothing left behind) opened through /proc/self/fd. Properties
- * checked: a loaded config honours the bounds of docs/choices.md; a parsed duration is consistent
- * with its sign. */
+ * checked: a loaded config honours the bounds of docs/choices.md (with use_redis_from_engine, user
+ * status holds the engine's Redis settings); a parsed duration is consistent with its sign. */
 #define _GNU_SOURCE
 #include "config.h"
 #include "duration.h"
@@ -44,6 +44,19 @@ static void fuzz_load(const uint8_t *data, size_t size)
         check(cfg.query.connection_timeout_ms >= 1000);
         check(cfg.kafka.properties.count % 2 == 0);
         check(cfg.api_key != NULL && cfg.kafka.topic[0] != '\0');
+        check(cfg.query.request_timeout_ms >= 10 && cfg.query.max_batch_commands >= 1);
+        check(cfg.query.metrics_port != cfg.port);
+        check(cfg.user_status.redis_db >= 0 &&
+              (cfg.user_status.redis_cluster_address.count == 0 || cfg.user_status.redis_db == 0));
+        if (cfg.user_status.use_redis_from_engine) { /* The engine's settings were copied. */
+            check(cfg.user_status.redis_address.count == cfg.redis_address.count);
+            check(cfg.user_status.redis_sentinel_address.count ==
+                  cfg.redis_sentinel_address.count);
+            check(cfg.user_status.redis_db == cfg.redis_db);
+            check(cfg.redis_address.count + cfg.redis_sentinel_address.count +
+                      cfg.redis_cluster_address.count >
+                  0);
+        }
         const us_strlist *addrs = us_config_redis_addresses(&cfg);
         for (size_t i = 0; i < addrs->count; i++) {
             us_redis_addr a;

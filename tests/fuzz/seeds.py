@@ -110,6 +110,12 @@ def main():
     seeds += [s.encode() for s in DURATIONS + ADDRS]
     seeds.append(json.dumps({"user_status": {"expire_interval": "1h", "redis_address": ["a:1", "b:2"]},
                              "kafka": {"properties": {"linger.ms": "5"}}, "query": {"connection_timeout": "2s"}}).encode())
+    # Centrifugo v6 spellings: a reuse with sentinels, and one setting in both spellings.
+    seeds.append(json.dumps({"engine": {"type": "redis", "redis": {"sentinel_address": ["s:1"],
+                             "sentinel_master_name": "m", "db": 1}},
+                             "user_status": {"redis": {"reuse_from_engine": True, "prefix": "p"}}}).encode())
+    seeds.append(json.dumps({"redis_address": "a:1", "engine": {"redis": {"address": "b:1"}},
+                             "user_status": {"redis_db": 1, "redis": {"db": 2}}}).encode())
     for i, s in enumerate(seeds):
         (d / ("%03d" % i)).write_bytes(s)
     n["fuzz_config"] = len(seeds)

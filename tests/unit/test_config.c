@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "admin_http.h"
 #include "config.h"
 #include "duration.h"
 
@@ -258,6 +259,422 @@ static void test_bad_proxy_values_name_the_key(void **state)
     assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
 }
 
+/* Centrifugo v6 spellings (docs/choices.md, "Centrifugo v6 names"). */
+
+static void test_v6_user_status_redis_block(void **state)
+{
+    us_config cfg;
+    char err[256];
+    const char *json =
+        "{\"user_status\": {\"redis\": {\"address\": [\"a:1\", \"b:2\"], \"prefix\": \"st\","
+        " \"db\": 3, \"user\": \"u\", \"password\": \"p\", \"connect_timeout\": \"250ms\","
+        " \"io_timeout\": \"2s\", \"sentinel_user\": \"su\", \"sentinel_password\": \"sp\"}}}";
+    assert_int_equal(load_text(&cfg, json, NULL, err, sizeof(err)), 0);
+    assert_int_equal(cfg.user_status.redis_address.count, 2);
+    assert_string_equal(cfg.user_status.redis_address.items[1], "b:2");
+    assert_string_equal(cfg.user_status.redis_prefix, "st");
+    assert_int_equal(cfg.user_status.redis_db, 3);
+    assert_string_equal(cfg.user_status.redis_user, "u");
+    assert_string_equal(cfg.user_status.redis_password, "p");
+    assert_int_equal(cfg.user_status.redis_connect_timeout_ms, 250);
+    assert_int_equal(cfg.user_status.redis_io_timeout_ms, 2000);
+    assert_string_equal(cfg.user_status.redis_sentinel_user, "su");
+    assert_string_equal(cfg.user_status.redis_sentinel_password, "sp");
+    us_config_free(&cfg);
+}
+
+static void test_v6_user_status_sentinel_and_cluster(void **state)
+{
+    us_config cfg;
+    char err[256];
+    const char *sentinel = "{\"user_status\": {\"redis\": {\"sentinel_address\": [\"s:26379\"],"
+                           " \"sentinel_master_name\": \"mymaster\"}}}";
+    assert_int_equal(load_text(&cfg, sentinel, NULL, err, sizeof(err)), 0);
+    assert_string_equal(cfg.user_status.redis_sentinel_address.items[0], "s:26379");
+    assert_string_equal(cfg.user_status.redis_sentinel_master_name, "mymaster");
+    us_config_free(&cfg);
+
+    const char *cluster = "{\"user_status\": {\"redis\": {\"cluster_address\": \"c:7000\"}}}";
+    assert_int_equal(load_text(&cfg, cluster, NULL, err, sizeof(err)), 0);
+    assert_int_equal(cfg.user_status.redis_cluster_address.count, 1);
+    assert_string_equal(cfg.user_status.redis_cluster_address.items[0], "c:7000");
+    us_config_free(&cfg);
+}
+
+static void test_v6_engine_block_is_reused_by_user_status(void **state)
+{
+    us_config cfg;
+    char err[256];
+    const char *json =
+        "{\"engine\": {\"type\": \"redis\", \"redis\": {\"address\": \"10.0.0.5:6380\","
+        " \"prefix\": \"centrifugo\", \"db\": 2, \"user\": \"eu\", \"password\": \"ep\","
+        " \"connect_timeout\": \"3s\", \"io_timeout\": \"5s\"}},"
+        " \"user_status\": {\"enabled\": true, \"redis\": {\"reuse_from_engine\": true,"
+        " \"prefix\": \"st\"}}}";
+    assert_int_equal(load_text(&cfg, json, NULL, err, sizeof(err)), 0);
+    assert_string_equal(cfg.engine, "redis");
+    assert_true(cfg.user_status.use_redis_from_engine);
+    const us_strlist *a = us_config_redis_addresses(&cfg);
+    assert_int_equal(a->count, 1);
+    assert_string_equal(a->items[0], "10.0.0.5:6380");
+    assert_string_equal(cfg.user_status.redis_address.items[0], "10.0.0.5:6380");
+    assert_int_equal(cfg.user_status.redis_db, 2);
+    assert_string_equal(cfg.user_status.redis_user, "eu");
+    assert_string_equal(cfg.user_status.redis_password, "ep");
+    assert_int_equal(cfg.user_status.redis_connect_timeout_ms, 3000);
+    assert_int_equal(cfg.user_status.redis_io_timeout_ms, 5000);
+    assert_string_equal(cfg.user_status.redis_prefix, "st"); /* Its own, not the engine's. */
+    us_config_free(&cfg);
+}
+
+static void test_v6_engine_sentinel_is_reused_by_user_status(void **state)
+{
+    us_config cfg;
+    char err[256];
+    const char *json =
+        "{\"engine\": {\"type\": \"redis\", \"redis\": {\"sentinel_address\": [\"s1:26379\","
+        " \"s2:26379\"], \"sentinel_master_name\": \"m\", \"sentinel_user\": \"su\","
+        " \"sentinel_password\": \"sp\"}},"
+        " \"user_status\": {\"redis\": {\"reuse_from_engine\": true}}}";
+    assert_int_equal(load_text(&cfg, json, NULL, err, sizeof(err)), 0);
+    assert_int_equal(cfg.user_status.redis_sentinel_address.count, 2);
+    assert_string_equal(cfg.user_status.redis_sentinel_address.items[1], "s2:26379");
+    assert_string_equal(cfg.user_status.redis_sentinel_master_name, "m");
+    assert_string_equal(cfg.user_status.redis_sentinel_user, "su");
+    assert_string_equal(cfg.user_status.redis_sentinel_password, "sp");
+    us_config_free(&cfg);
+
+    json = "{\"engine\": {\"type\": \"redis\", \"redis\": {\"cluster_address\": [\"c:7000\"]}},"
+           " \"user_status\": {\"redis\": {\"reuse_from_engine\": true}}}";
+    assert_int_equal(load_text(&cfg, json, NULL, err, sizeof(err)), 0);
+    assert_string_equal(cfg.user_status.redis_cluster_address.items[0], "c:7000");
+    us_config_free(&cfg);
+}
+
+/* Centrifugo's documentation example: the engine's Redis at its default address. */
+static void test_centrifugo_reuse_example_is_accepted_as_written(void **state)
+{
+    us_config cfg;
+    char err[256];
+    const char *json = "{\"engine\": {\"type\": \"redis\"},"
+                       " \"user_status\": {\"enabled\": true, \"redis\": {\"reuse_from_engine\": true}}}";
+    assert_int_equal(load_text(&cfg, json, NULL, err, sizeof(err)), 0);
+    const us_strlist *a = us_config_redis_addresses(&cfg);
+    assert_int_equal(a->count, 1);
+    assert_string_equal(a->items[0], "127.0.0.1:6379");
+    us_config_free(&cfg);
+}
+
+static void test_v5_engine_settings_are_reused_by_user_status(void **state)
+{
+    us_config cfg;
+    char err[256];
+    const char *json = "{\"engine\": \"redis\", \"redis_address\": \"e:1\", \"redis_db\": 4,"
+                       " \"redis_password\": \"pw\", \"redis_io_timeout\": \"6s\","
+                       " \"user_status\": {\"use_redis_from_engine\": true}}";
+    assert_int_equal(load_text(&cfg, json, NULL, err, sizeof(err)), 0);
+    assert_string_equal(cfg.user_status.redis_address.items[0], "e:1");
+    assert_int_equal(cfg.user_status.redis_db, 4);
+    assert_string_equal(cfg.user_status.redis_password, "pw");
+    assert_int_equal(cfg.user_status.redis_io_timeout_ms, 6000);
+    us_config_free(&cfg);
+}
+
+/* Config text that must be refused with an error naming both needles. */
+typedef struct conflict {
+    const char *json;
+    const char *first, *second;
+} conflict;
+
+static void test_each_setting_in_both_spellings_is_refused(void **state)
+{
+    const conflict cases[] = {
+        {"{\"redis_address\": \"h:1\", \"engine\": {\"redis\": {\"address\": \"h:1\"}}}", "'redis_address'", "'engine.redis.address'"},
+        {"{\"redis_prefix\": \"x\", \"engine\": {\"redis\": {\"prefix\": \"x\"}}}", "'redis_prefix'", "'engine.redis.prefix'"},
+        {"{\"redis_db\": 1, \"engine\": {\"redis\": {\"db\": 1}}}", "'redis_db'", "'engine.redis.db'"},
+        {"{\"redis_user\": \"x\", \"engine\": {\"redis\": {\"user\": \"x\"}}}", "'redis_user'", "'engine.redis.user'"},
+        {"{\"redis_password\": \"x\", \"engine\": {\"redis\": {\"password\": \"x\"}}}", "'redis_password'", "'engine.redis.password'"},
+        {"{\"redis_connect_timeout\": \"2s\", \"engine\": {\"redis\": {\"connect_timeout\": \"2s\"}}}", "'redis_connect_timeout'", "'engine.redis.connect_timeout'"},
+        {"{\"redis_io_timeout\": \"2s\", \"engine\": {\"redis\": {\"io_timeout\": \"2s\"}}}", "'redis_io_timeout'", "'engine.redis.io_timeout'"},
+        {"{\"redis_sentinel_address\": \"h:1\", \"engine\": {\"redis\": {\"sentinel_address\": \"h:1\"}}}", "'redis_sentinel_address'", "'engine.redis.sentinel_address'"},
+        {"{\"redis_sentinel_master_name\": \"x\", \"engine\": {\"redis\": {\"sentinel_master_name\": \"x\"}}}", "'redis_sentinel_master_name'", "'engine.redis.sentinel_master_name'"},
+        {"{\"redis_sentinel_user\": \"x\", \"engine\": {\"redis\": {\"sentinel_user\": \"x\"}}}", "'redis_sentinel_user'", "'engine.redis.sentinel_user'"},
+        {"{\"redis_sentinel_password\": \"x\", \"engine\": {\"redis\": {\"sentinel_password\": \"x\"}}}", "'redis_sentinel_password'", "'engine.redis.sentinel_password'"},
+        {"{\"redis_cluster_address\": \"h:1\", \"engine\": {\"redis\": {\"cluster_address\": \"h:1\"}}}", "'redis_cluster_address'", "'engine.redis.cluster_address'"},
+        {"{\"user_status\": {\"redis_address\": \"h:1\", \"redis\": {\"address\": \"h:1\"}}}", "'user_status.redis_address'", "'user_status.redis.address'"},
+        {"{\"user_status\": {\"redis_prefix\": \"x\", \"redis\": {\"prefix\": \"x\"}}}", "'user_status.redis_prefix'", "'user_status.redis.prefix'"},
+        {"{\"user_status\": {\"redis_db\": 1, \"redis\": {\"db\": 1}}}", "'user_status.redis_db'", "'user_status.redis.db'"},
+        {"{\"user_status\": {\"redis_user\": \"x\", \"redis\": {\"user\": \"x\"}}}", "'user_status.redis_user'", "'user_status.redis.user'"},
+        {"{\"user_status\": {\"redis_password\": \"x\", \"redis\": {\"password\": \"x\"}}}", "'user_status.redis_password'", "'user_status.redis.password'"},
+        {"{\"user_status\": {\"redis_connect_timeout\": \"2s\", \"redis\": {\"connect_timeout\": \"2s\"}}}", "'user_status.redis_connect_timeout'", "'user_status.redis.connect_timeout'"},
+        {"{\"user_status\": {\"redis_io_timeout\": \"2s\", \"redis\": {\"io_timeout\": \"2s\"}}}", "'user_status.redis_io_timeout'", "'user_status.redis.io_timeout'"},
+        {"{\"user_status\": {\"redis_sentinel_address\": \"h:1\", \"redis\": {\"sentinel_address\": \"h:1\"}}}", "'user_status.redis_sentinel_address'", "'user_status.redis.sentinel_address'"},
+        {"{\"user_status\": {\"redis_sentinel_master_name\": \"x\", \"redis\": {\"sentinel_master_name\": \"x\"}}}", "'user_status.redis_sentinel_master_name'", "'user_status.redis.sentinel_master_name'"},
+        {"{\"user_status\": {\"redis_sentinel_user\": \"x\", \"redis\": {\"sentinel_user\": \"x\"}}}", "'user_status.redis_sentinel_user'", "'user_status.redis.sentinel_user'"},
+        {"{\"user_status\": {\"redis_sentinel_password\": \"x\", \"redis\": {\"sentinel_password\": \"x\"}}}", "'user_status.redis_sentinel_password'", "'user_status.redis.sentinel_password'"},
+        {"{\"user_status\": {\"redis_cluster_address\": \"h:1\", \"redis\": {\"cluster_address\": \"h:1\"}}}", "'user_status.redis_cluster_address'", "'user_status.redis.cluster_address'"},
+        {"{\"user_status\": {\"use_redis_from_engine\": true, \"redis\": {\"reuse_from_engine\": true}}}", "'user_status.use_redis_from_engine'", "'user_status.redis.reuse_from_engine'"},
+        /* The v6 spelling first in the file: the error names them in file order. */
+        {"{\"user_status\": {\"redis\": {\"address\": \"h:1\"}, \"redis_address\": \"h:2\"}}", "'user_status.redis.address'", "'user_status.redis_address'"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        us_config cfg;
+        char err[256] = "";
+        if (load_text(&cfg, cases[i].json, NULL, err, sizeof(err)) != -1)
+            fail_msg("accepted %s", cases[i].json);
+        const char *a = strstr(err, cases[i].first), *b = strstr(err, cases[i].second);
+        if (!a || !b || b < a)
+            fail_msg("%s: error '%s' does not name %s then %s", cases[i].json, err,
+                     cases[i].first, cases[i].second);
+        us_config_free(&cfg);
+    }
+}
+
+/* "engine" cannot be both a string and an object: JSON's duplicate key rule refuses it. */
+static void test_engine_as_string_and_object_is_refused(void **state)
+{
+    const bad_config cases[] = {
+        {"{\"engine\": \"redis\", \"engine\": {\"type\": \"redis\"}}", "duplicate"},
+    };
+    assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+static void test_bad_v6_values_name_the_v6_key(void **state)
+{
+    const bad_config cases[] = {
+        {"{\"user_status\": {\"redis\": {\"address\": []}}}", "'user_status.redis.address'"},
+        {"{\"user_status\": {\"redis\": {\"db\": -1}}}", "'user_status.redis.db'"},
+        {"{\"user_status\": {\"redis\": {\"io_timeout\": 4}}}", "'user_status.redis.io_timeout'"},
+        {"{\"user_status\": {\"redis\": {\"reuse_from_engine\": \"yes\"}}}",
+         "'user_status.redis.reuse_from_engine'"},
+        {"{\"user_status\": {\"redis\": {\"tls\": {}}}}", "'user_status.redis.tls'"},
+        {"{\"user_status\": {\"redis\": \"h:1\"}}", "'user_status.redis': must be an object"},
+        {"{\"engine\": {\"type\": \"nats\"}}", "'engine.type'"},
+        {"{\"engine\": \"nats\"}", "'engine'"},
+        {"{\"engine\": 5}", "'engine'"},
+        {"{\"engine\": {\"redis\": []}}", "'engine.redis': must be an object"},
+        {"{\"engine\": {\"redis\": {\"presence_ttl\": \"60s\"}}}", "'engine.redis.presence_ttl'"},
+        {"{\"engine\": {\"redis\": {\"reuse_from_engine\": true}}}",
+         "'engine.redis.reuse_from_engine'"},
+        {"{\"user_status\": {\"redis\": {\"sentinel_address\": \"s:1\"}}}",
+         "'user_status.redis.sentinel_master_name': required with "
+         "'user_status.redis.sentinel_address'"},
+        {"{\"user_status\": {\"redis\": {\"cluster_address\": \"c:1\", \"db\": 1}}}",
+         "'user_status.redis.db': Redis Cluster has only database 0"},
+        {"{\"user_status\": {\"redis\": {\"cluster_address\": \"c:1\", \"sentinel_address\": \"s:1\","
+         " \"sentinel_master_name\": \"m\"}}}",
+         "'user_status.redis.sentinel_address' and 'user_status.redis.cluster_address'"},
+    };
+    assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+static void test_reuse_from_engine_refuses_settings_of_its_own(void **state)
+{
+    const bad_config cases[] = {
+        {"{\"engine\": {\"type\": \"redis\"}, \"user_status\": {\"redis\": {\"reuse_from_engine\":"
+         " true, \"address\": \"h:1\"}}}",
+         "'user_status.redis.address': not allowed with 'user_status.redis.reuse_from_engine'"},
+        {"{\"engine\": \"redis\", \"user_status\": {\"use_redis_from_engine\": true,"
+         " \"redis_password\": \"p\"}}",
+         "'user_status.redis_password': not allowed with 'user_status.use_redis_from_engine'"},
+        {"{\"engine\": \"redis\", \"user_status\": {\"use_redis_from_engine\": true,"
+         " \"redis_io_timeout\": \"1s\"}}",
+         "use 'redis_io_timeout' instead"},
+        {"{\"engine\": {\"type\": \"redis\"}, \"user_status\": {\"redis\": {\"reuse_from_engine\":"
+         " true, \"io_timeout\": \"1s\"}}}",
+         "use 'engine.redis.io_timeout' instead"},
+        {"{\"user_status\": {\"redis\": {\"reuse_from_engine\": true}}}",
+         "'user_status.redis.reuse_from_engine': true, but the engine has no Redis"},
+        {"{\"engine\": {\"type\": \"redis\", \"redis\": {\"sentinel_address\": \"s:1\"}},"
+         " \"user_status\": {\"redis\": {\"reuse_from_engine\": true}}}",
+         "'engine.redis.sentinel_master_name': required with 'engine.redis.sentinel_address'"},
+    };
+    assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
+
+    /* The key prefix is user status's own, so it may be given with reuse_from_engine. */
+    us_config cfg;
+    char err[256];
+    assert_int_equal(load_text(&cfg,
+                               "{\"engine\": \"redis\", \"user_status\": {\"redis\":"
+                               " {\"reuse_from_engine\": true, \"prefix\": \"p\"}}}",
+                               NULL, err, sizeof(err)),
+                     0);
+    assert_string_equal(cfg.user_status.redis_prefix, "p");
+    us_config_free(&cfg);
+}
+
+/* Loads json (NULL: no file) with envp; returns the error text ("" on success). */
+static const char *load_env_error(const char *json, char **envp)
+{
+    static char err[256];
+    us_config cfg;
+    err[0] = '\0';
+    int rc = json ? load_text(&cfg, json, envp, err, sizeof(err))
+                  : us_config_load(&cfg, NULL, envp, NULL, 0, err, sizeof(err));
+    if (rc == 0) err[0] = '\0';
+    us_config_free(&cfg);
+    return err;
+}
+
+static void test_v6_environment_variables(void **state)
+{
+    us_config cfg;
+    char err[256];
+    char *envp[] = {"USERSTATUS_ENGINE_TYPE=redis", "USERSTATUS_ENGINE_REDIS_ADDRESS=e:1,e:2",
+                    "USERSTATUS_ENGINE_REDIS_DB=5",
+                    "USERSTATUS_USER_STATUS_REDIS_REUSE_FROM_ENGINE=true", NULL};
+    assert_int_equal(us_config_load(&cfg, NULL, envp, NULL, 0, err, sizeof(err)), 0);
+    assert_string_equal(cfg.engine, "redis");
+    assert_int_equal(cfg.user_status.redis_address.count, 2);
+    assert_string_equal(cfg.user_status.redis_address.items[1], "e:2");
+    assert_int_equal(cfg.user_status.redis_db, 5);
+    us_config_free(&cfg);
+}
+
+/* USERSTATUS_USER_STATUS_REDIS_ADDRESS is the variable of both spellings: it overrides the
+ * setting whichever spelling the file used. */
+static void test_shared_variable_overrides_either_spelling(void **state)
+{
+    us_config cfg;
+    char err[256];
+    char *envp[] = {"USERSTATUS_USER_STATUS_REDIS_ADDRESS=env:1",
+                    "USERSTATUS_USER_STATUS_REDIS_DB=7", NULL};
+    assert_int_equal(load_text(&cfg, "{\"user_status\": {\"redis\": {\"address\": \"f:1\", \"db\": 1}}}",
+                               envp, err, sizeof(err)),
+                     0);
+    assert_string_equal(cfg.user_status.redis_address.items[0], "env:1");
+    assert_int_equal(cfg.user_status.redis_db, 7);
+    us_config_free(&cfg);
+    assert_int_equal(load_text(&cfg, "{\"user_status\": {\"redis_address\": \"f:1\"}}", envp, err,
+                               sizeof(err)),
+                     0);
+    assert_string_equal(cfg.user_status.redis_address.items[0], "env:1");
+    us_config_free(&cfg);
+
+    /* Errors about the setting keep naming it as the file spells it. */
+    const char *e = load_env_error("{\"engine\": \"redis\", \"user_status\": {\"redis\":"
+                                   " {\"reuse_from_engine\": true, \"address\": \"f:1\"}}}",
+                                   envp);
+    assert_non_null(strstr(e, "'user_status.redis.address': not allowed"));
+}
+
+static void test_one_setting_in_two_environment_variables_is_refused(void **state)
+{
+    char *both_engines[] = {"USERSTATUS_ENGINE=redis", "USERSTATUS_ENGINE_TYPE=redis", NULL};
+    const char *e = load_env_error(NULL, both_engines);
+    assert_non_null(strstr(e, "USERSTATUS_ENGINE ("));
+    assert_non_null(strstr(e, "USERSTATUS_ENGINE_TYPE ('engine.type')"));
+
+    char *both_addresses[] = {"USERSTATUS_REDIS_ADDRESS=a:1", "USERSTATUS_ENGINE_REDIS_ADDRESS=b:1",
+                              NULL};
+    e = load_env_error(NULL, both_addresses);
+    assert_non_null(strstr(e, "USERSTATUS_REDIS_ADDRESS (config key 'redis_address')"));
+    assert_non_null(strstr(e, "USERSTATUS_ENGINE_REDIS_ADDRESS ('engine.redis.address')"));
+
+    char *both_reuse[] = {"USERSTATUS_USER_STATUS_USE_REDIS_FROM_ENGINE=true",
+                          "USERSTATUS_USER_STATUS_REDIS_REUSE_FROM_ENGINE=true", NULL};
+    e = load_env_error(NULL, both_reuse);
+    assert_non_null(strstr(e, "USERSTATUS_USER_STATUS_USE_REDIS_FROM_ENGINE"));
+    assert_non_null(strstr(e, "USERSTATUS_USER_STATUS_REDIS_REUSE_FROM_ENGINE"));
+}
+
+static void test_file_and_environment_in_two_spellings_is_refused(void **state)
+{
+    char *v5_env[] = {"USERSTATUS_REDIS_ADDRESS=a:1", NULL};
+    const char *e = load_env_error("{\"engine\": {\"redis\": {\"address\": \"f:1\"}}}", v5_env);
+    assert_non_null(strstr(e, "'engine.redis.address' in the file"));
+    assert_non_null(strstr(e, "USERSTATUS_REDIS_ADDRESS (config key 'redis_address')"));
+
+    char *v6_env[] = {"USERSTATUS_ENGINE_TYPE=redis", NULL};
+    e = load_env_error("{\"engine\": \"memory\"}", v6_env);
+    assert_non_null(strstr(e, "'engine' in the file"));
+    assert_non_null(strstr(e, "USERSTATUS_ENGINE_TYPE (config key 'engine.type')"));
+
+    char *reuse_env[] = {"USERSTATUS_USER_STATUS_USE_REDIS_FROM_ENGINE=false", NULL};
+    e = load_env_error("{\"user_status\": {\"redis\": {\"reuse_from_engine\": false}}}", reuse_env);
+    assert_non_null(strstr(e, "'user_status.redis.reuse_from_engine' in the file"));
+    assert_non_null(strstr(e, "USERSTATUS_USER_STATUS_USE_REDIS_FROM_ENGINE"));
+
+    /* The same spelling in file and environment is the ordinary override. */
+    e = load_env_error("{\"redis_address\": \"f:1\"}", v5_env);
+    assert_string_equal(e, "");
+}
+
+static void test_flag_with_reuse_from_engine_is_refused(void **state)
+{
+    us_config cfg;
+    char err[256];
+    const char *path = write_temp("{\"engine\": \"redis\", \"user_status\": {\"redis\":"
+                                  " {\"reuse_from_engine\": true}}}");
+    us_config_override flags[] = {{"user_status.redis_address", "flag:1"}};
+    assert_int_equal(us_config_load(&cfg, path, NULL, flags, 1, err, sizeof(err)), -1);
+    unlink(path);
+    assert_non_null(strstr(err, "'user_status.redis_address': not allowed"));
+    us_config_free(&cfg);
+}
+
+static void test_query_deadline_batch_and_metrics_defaults(void **state)
+{
+    us_config cfg;
+    char err[256];
+    assert_int_equal(us_config_load(&cfg, NULL, NULL, NULL, 0, err, sizeof(err)), 0);
+    assert_int_equal(cfg.query.request_timeout_ms, 10000);
+    assert_int_equal(cfg.query.max_batch_commands, 1000);
+    assert_string_equal(cfg.query.metrics_address, "127.0.0.1");
+    assert_int_equal(cfg.query.metrics_port, 0);
+    assert_false(cfg.query.metrics_require_key);
+    assert_int_equal(us_api_metrics_mode(&cfg), US_API_METRICS_OPEN);
+    us_config_free(&cfg);
+}
+
+static void test_metrics_on_the_api_port_with_the_key(void **state)
+{
+    us_config cfg;
+    char err[256];
+    const char *json = "{\"api_key\": \"k\", \"query\": {\"metrics_require_key\": true,"
+                       " \"request_timeout\": \"2500ms\", \"max_batch_commands\": 50}}";
+    assert_int_equal(load_text(&cfg, json, NULL, err, sizeof(err)), 0);
+    assert_int_equal(us_api_metrics_mode(&cfg), US_API_METRICS_KEY);
+    assert_int_equal(cfg.query.request_timeout_ms, 2500);
+    assert_int_equal(cfg.query.max_batch_commands, 50);
+    us_config_free(&cfg);
+
+    /* api_insecure: no key is checked anywhere, /metrics included. */
+    json = "{\"api_insecure\": true, \"query\": {\"metrics_require_key\": true}}";
+    assert_int_equal(load_text(&cfg, json, NULL, err, sizeof(err)), 0);
+    assert_int_equal(us_api_metrics_mode(&cfg), US_API_METRICS_OPEN);
+    us_config_free(&cfg);
+}
+
+static void test_metrics_on_a_listener_of_their_own(void **state)
+{
+    us_config cfg;
+    char err[256];
+    char *envp[] = {"USERSTATUS_QUERY_METRICS_PORT=9200", "USERSTATUS_QUERY_METRICS_ADDRESS=::1",
+                    NULL};
+    assert_int_equal(us_config_load(&cfg, NULL, envp, NULL, 0, err, sizeof(err)), 0);
+    assert_int_equal(cfg.query.metrics_port, 9200);
+    assert_string_equal(cfg.query.metrics_address, "::1");
+    assert_int_equal(us_api_metrics_mode(&cfg), US_API_METRICS_ELSEWHERE);
+    us_config_free(&cfg);
+}
+
+static void test_bad_query_values_name_the_key(void **state)
+{
+    const bad_config cases[] = {
+        {"{\"query\": {\"request_timeout\": \"5ms\"}}", "'query.request_timeout'"},
+        {"{\"query\": {\"request_timeout\": \"11m\"}}", "'query.request_timeout'"},
+        {"{\"query\": {\"request_timeout\": 10}}", "'query.request_timeout'"},
+        {"{\"query\": {\"max_batch_commands\": 0}}", "'query.max_batch_commands'"},
+        {"{\"query\": {\"metrics_port\": 70000}}", "'query.metrics_port'"},
+        {"{\"query\": {\"metrics_port\": 8000}}", "'query.metrics_port': 8000 is the API port"},
+        {"{\"query\": {\"metrics_port\": 9200, \"metrics_require_key\": true}}",
+         "'query.metrics_require_key'"},
+        {"{\"query\": {\"metrics_require_key\": 1}}", "'query.metrics_require_key'"},
+    };
+    assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
+}
+
 static void test_grpc_api_defaults(void **state)
 {
     us_config cfg;
@@ -334,6 +751,25 @@ int main(void)
         cmocka_unit_test(test_proxy_defaults),
         cmocka_unit_test(test_proxy_section_from_file_and_environment),
         cmocka_unit_test(test_bad_proxy_values_name_the_key),
+        cmocka_unit_test(test_v6_user_status_redis_block),
+        cmocka_unit_test(test_v6_user_status_sentinel_and_cluster),
+        cmocka_unit_test(test_v6_engine_block_is_reused_by_user_status),
+        cmocka_unit_test(test_v6_engine_sentinel_is_reused_by_user_status),
+        cmocka_unit_test(test_centrifugo_reuse_example_is_accepted_as_written),
+        cmocka_unit_test(test_v5_engine_settings_are_reused_by_user_status),
+        cmocka_unit_test(test_each_setting_in_both_spellings_is_refused),
+        cmocka_unit_test(test_engine_as_string_and_object_is_refused),
+        cmocka_unit_test(test_bad_v6_values_name_the_v6_key),
+        cmocka_unit_test(test_reuse_from_engine_refuses_settings_of_its_own),
+        cmocka_unit_test(test_v6_environment_variables),
+        cmocka_unit_test(test_shared_variable_overrides_either_spelling),
+        cmocka_unit_test(test_one_setting_in_two_environment_variables_is_refused),
+        cmocka_unit_test(test_file_and_environment_in_two_spellings_is_refused),
+        cmocka_unit_test(test_flag_with_reuse_from_engine_is_refused),
+        cmocka_unit_test(test_query_deadline_batch_and_metrics_defaults),
+        cmocka_unit_test(test_metrics_on_the_api_port_with_the_key),
+        cmocka_unit_test(test_metrics_on_a_listener_of_their_own),
+        cmocka_unit_test(test_bad_query_values_name_the_key),
         cmocka_unit_test(test_grpc_api_defaults),
         cmocka_unit_test(test_grpc_api_section_from_file_and_environment),
         cmocka_unit_test(test_bad_grpc_api_values_name_the_key),
