@@ -371,7 +371,7 @@ def test_empty_batch_has_no_replies(ns, gquery):
 
 
 def test_batch_over_the_command_limit_is_invalid_argument(ns):
-    q, c = start(ns, grpc_config(ns, query={"max_users_per_request": 3}))
+    q, c = start(ns, grpc_config(ns, query={"max_batch_commands": 3}))
     get = pb.Command(get_user_status=pb.GetUserStatusRequest(users=["a"]))
     e = rpc_error(c.call, "Batch", pb.BatchRequest(commands=[get] * 4))
     assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
