@@ -2,6 +2,7 @@
 #include "event.h"
 
 #include "config.h"
+#include "utf8.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -12,6 +13,7 @@ static const char *error_names[] = {
     "ok",           "malformed_msgpack", "not_a_map", "duplicate_field",
     "wrong_field_type", "missing_field", "unknown_event_type", "bad_user",
     "state_too_long", "bad_time",        "unsupported_version", "key_mismatch",
+    "bad_utf8",
 };
 
 const char *us_event_error_name(us_event_error err)
@@ -241,6 +243,13 @@ us_event_error us_event_decode(us_event_decoder *d, const void *buf, size_t len,
     if (key && (key_len != ev->user_len || memcmp(key, ev->user, key_len) != 0))
         return reject(US_EVENT_ERR_KEY_MISMATCH, detail, detail_len,
                       "field 'user' differs from the message %s", "key");
+    /* Checked last: both strings end up in JSON (get_user_status), which must be UTF-8. */
+    if (!us_utf8_valid(ev->user, ev->user_len))
+        return reject(US_EVENT_ERR_BAD_UTF8, detail, detail_len,
+                      "field '%s' is not valid UTF-8", "user");
+    if (ev->has_state && !us_utf8_valid(ev->state, ev->state_len))
+        return reject(US_EVENT_ERR_BAD_UTF8, detail, detail_len,
+                      "field '%s' is not valid UTF-8", "state");
     return US_EVENT_OK;
 }
 

@@ -28,6 +28,7 @@ typedef enum us_event_error {
     US_EVENT_ERR_BAD_TIME,      /* "bad_time" */
     US_EVENT_ERR_VERSION,       /* "unsupported_version" */
     US_EVENT_ERR_KEY_MISMATCH,  /* "key_mismatch" */
+    US_EVENT_ERR_BAD_UTF8,      /* "bad_utf8": `user` or `state` is not valid UTF-8 */
 } us_event_error;
 
 #define US_EVENT_VERSION 1
@@ -55,7 +56,7 @@ void us_event_decoder_init(us_event_decoder *d);
 void us_event_decoder_destroy(us_event_decoder *d);
 
 /* Decodes one msgpack event. key/key_len is the Kafka message key (key NULL: none). Returns
- * US_EVENT_OK and fills *ev, or an error code with a human-readable reason in detail. */
+ * US_EVENT_OK and fills *ev (user and state are then valid UTF-8), or an error code with a human-readable reason in detail. */
 us_event_error us_event_decode(us_event_decoder *d, const void *buf, size_t len, const void *key,
                                size_t key_len, us_event *ev, char *detail, size_t detail_len);
 

@@ -213,7 +213,7 @@ static us_call *batch_call(us_api *api, json_t *doc, char *err, size_t errlen)
         snprintf(err, errlen, "'commands' is empty");
         return NULL;
     }
-    us_call *call = us_call_new(api->core, n);
+    us_call *call = us_call_new(api->core, n, US_TRANSPORT_HTTP);
     for (size_t i = 0; i < n; i++)
         batch_command_init(api, us_call_cmd(call, i), json_array_get(list, i));
     return call;
@@ -230,11 +230,11 @@ static us_call *request_call(request *req, const char *method, size_t method_len
             req->batch = 1;
             return call;
         }
-        call = us_call_new(api->core, 1);
+        call = us_call_new(api->core, 1, US_TRANSPORT_HTTP);
         us_cmd_fail(us_call_cmd(call, 0), US_ERR_BAD_REQUEST, err);
         return call;
     }
-    us_call *call = us_call_new(api->core, 1);
+    us_call *call = us_call_new(api->core, 1, US_TRANSPORT_HTTP);
     command_init(api, us_call_cmd(call, 0), method, method_len, params);
     return call;
 }
@@ -393,7 +393,7 @@ static enum MHD_Result start_api(request *req, const char *method)
     } else {
         json_t *m = json_is_object(req->doc) ? json_object_get(req->doc, "method") : NULL;
         if (!json_is_string(m)) {
-            req->call = us_call_new(api->core, 1);
+            req->call = us_call_new(api->core, 1, US_TRANSPORT_HTTP);
             us_cmd_fail(us_call_cmd(req->call, 0), US_ERR_BAD_REQUEST,
                         "body must be {\"method\":\"<method>\",\"params\":{...}}");
         } else {
@@ -510,6 +510,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     if (req->suspended) { /* Resumed: the call is complete. */
         req->suspended = 0;
         atomic_fetch_sub(&api->suspended, 1);
+        if (req->route == ROUTE_PROXY)
+            return us_proxy_handle(api->proxy, conn, url, method, NULL, 0, 0, &req->proxy_state);
         return finish(req);
     }
 
@@ -528,9 +530,15 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         }
         return start_api(req, req->route == ROUTE_API ? url + strlen(API_PREFIX) : NULL);
     }
-    if (req->route == ROUTE_PROXY)
-        return us_proxy_handle(api->proxy, conn, url, method, req->body, req->len, req->too_large,
-                               &req->proxy_state);
+    if (req->route == ROUTE_PROXY) {
+        enum MHD_Result rc = us_proxy_handle(api->proxy, conn, url, method, req->body, req->len,
+                                             req->too_large, &req->proxy_state);
+        if (req->proxy_state) { /* Suspended until its call completes: counted for us_api_stop. */
+            req->suspended = 1;
+            atomic_fetch_add(&api->suspended, 1);
+        }
+        return rc;
+    }
     if (strcmp(method, "GET") == 0 && strcmp(url, "/metrics") == 0) return send_metrics(api, conn);
     if (strcmp(method, "GET") == 0 && strcmp(url, "/health") == 0) return send_health(api, conn);
     return send_text(conn, MHD_HTTP_NOT_FOUND, "not found\n");
@@ -639,10 +647,8 @@ void us_api_stop(us_api *api)
         /* The core is quiesced: every suspended request has been resumed; give the daemon's
          * threads a moment to send their replies. */
         for (int waited = 0; atomic_load(&api->suspended) > 0 && waited < DRAIN_WAIT_MS;
-             waited += DRAIN_TICK_MS) {
-            struct timespec ts = {0, DRAIN_TICK_MS * 1000000L};
-            nanosleep(&ts, NULL);
-        }
+             waited += DRAIN_TICK_MS)
+            us_sleep_ms(DRAIN_TICK_MS);
         if (atomic_load(&api->suspended) > 0)
             us_warn("stopping with %d resumed request(s) not answered yet; their connections "
                     "are closed", atomic_load(&api->suspended));

@@ -26,18 +26,21 @@
 #include "metrics.h"
 #include "producer.h"
 #include "reader.h"
+#include "utf8.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define DEADLINE_TICK_MS 10    /* Deadline thread period while calls are pending. Milliseconds. */
 #define FREE_WAIT_MARGIN_MS 1000 /* us_core_free waits produce_timeout plus this. Milliseconds. */
 
 struct us_call {
     us_core *core;
+    us_transport transport;
+    int64_t created_ns; /* Monotonic; for the request-duration metric. */
     size_t ncmds;
     us_cmd *cmds;
     us_read_job *jobs;   /* One per command; used by gets. */
@@ -61,8 +64,14 @@ struct us_core {
     size_t nlive; /* Calls allocated and not freed. */
     int quiesced, stop;
     pthread_t deadline_thread;
-    us_metric *m_acked, *m_failed, *m_users_read, *m_read_failed, *m_timeouts;
+    us_metric *m_acked, *m_failed, *m_users_read, *m_read_failed, *m_timeouts, *m_in_flight;
+    us_metric *m_duration[US_CMD_ONLINE + 1][US_TRANSPORT_COUNT]; /* By kind and transport. */
 };
+
+/* Upper bounds of the request-duration buckets. Seconds. */
+static const double DURATION_BOUNDS[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                         0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+
 
 /* ---------------------------------------------------------------------------------------------
  * Names and messages.
@@ -112,29 +121,6 @@ void us_cmd_fail(us_cmd *c, int code, const char *reason)
     snprintf(c->reason, sizeof(c->reason), "%s", reason);
 }
 
-/* Returns 1 when s[0..n) is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
-static int utf8_valid(const char *s, size_t n)
-{
-    const unsigned char *p = (const unsigned char *)s, *end = p + n;
-    while (p < end) {
-        unsigned c = *p;
-        if (c < 0x80) {
-            p++;
-            continue;
-        }
-        size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
-        if (c < 0xC2 || c > 0xF4 || (size_t)(end - p) < len) return 0;
-        for (size_t i = 1; i < len; i++)
-            if ((p[i] & 0xC0) != 0x80) return 0;
-        if (c == 0xE0 && p[1] < 0xA0) return 0; /* Overlong. */
-        if (c == 0xED && p[1] > 0x9F) return 0; /* Surrogate. */
-        if (c == 0xF0 && p[1] < 0x90) return 0; /* Overlong. */
-        if (c == 0xF4 && p[1] > 0x8F) return 0; /* Over U+10FFFF. */
-        p += len;
-    }
-    return 1;
-}
-
 int us_cmd_validate(const us_config *cfg, const us_user_ref *users, size_t n, const char *state,
                     size_t state_len, int has_state, char *reason, size_t reasonlen)
 {
@@ -153,12 +139,12 @@ int us_cmd_validate(const us_config *cfg, const us_user_ref *users, size_t n, co
                      cfg->query.max_user_id_length);
             return US_ERR_BAD_REQUEST;
         }
-        if (!utf8_valid(users[i].user, users[i].len)) {
+        if (!us_utf8_valid(users[i].user, users[i].len)) {
             snprintf(reason, reasonlen, "users[%zu] is not valid UTF-8", i);
             return US_ERR_BAD_REQUEST;
         }
     }
-    if (has_state && (state_len > US_STATE_MAX || !utf8_valid(state, state_len))) {
+    if (has_state && (state_len > US_STATE_MAX || !us_utf8_valid(state, state_len))) {
         snprintf(reason, reasonlen, "'state' must be a UTF-8 string of at most %d bytes",
                  US_STATE_MAX);
         return US_ERR_BAD_REQUEST;
@@ -194,12 +180,14 @@ int us_cmd_set(us_core *core, us_cmd *c, us_cmd_kind kind, const us_user_ref *us
  * Calls.
  * ------------------------------------------------------------------------------------------ */
 
-us_call *us_call_new(us_core *core, size_t ncmds)
+us_call *us_call_new(us_core *core, size_t ncmds, us_transport transport)
 {
     if (ncmds == 0) ncmds = 1;
     us_call *call = calloc(1, sizeof(*call));
     if (!call) abort();
     call->core = core;
+    call->transport = transport;
+    call->created_ns = us_monotonic_ns();
     call->ncmds = ncmds;
     call->cmds = calloc(ncmds, sizeof(us_cmd));
     call->jobs = calloc(ncmds, sizeof(us_read_job));
@@ -267,8 +255,11 @@ static us_call_done_fn complete_locked(us_core *core, us_call *call, int stoppin
 {
     call->complete = 1;
     if (call->linked) unlink_call(core, call);
+    double seconds = (double)(us_monotonic_ns() - call->created_ns) / 1e9;
     for (size_t i = 0; i < call->ncmds; i++) {
         us_cmd *c = &call->cmds[i];
+        us_metric *hist = c->kind != US_CMD_NONE ? core->m_duration[c->kind][call->transport] : NULL;
+        if (hist) us_metric_observe(hist, seconds);
         if (c->error || c->kind == US_CMD_NONE) continue;
         char reason[US_CMD_REASON_MAX];
         if (c->pending) {
@@ -487,8 +478,47 @@ static void *deadline_main(void *arg)
     return NULL;
 }
 
+static double in_flight(void *arg)
+{
+    return (double)us_core_pending(arg);
+}
+
 static void register_metrics(us_core *core)
 {
+    /* Names with their labels, as the registry wants them (string literals). */
+    static const char *const names[US_CMD_ONLINE + 1][US_TRANSPORT_COUNT] = {
+#define DURATION(method, transport)                                                                \
+    "userstatus_query_request_duration_seconds{method=\"" method "\",transport=\"" transport "\"}"
+        [US_CMD_GET] = {DURATION("get_user_status", "http"), DURATION("get_user_status", "grpc"),
+                        DURATION("get_user_status", "proxy")},
+        [US_CMD_UPDATE] = {DURATION("update_user_status", "http"),
+                           DURATION("update_user_status", "grpc"),
+                           DURATION("update_user_status", "proxy")},
+        [US_CMD_DELETE] = {DURATION("delete_user_status", "http"),
+                           DURATION("delete_user_status", "grpc"),
+                           DURATION("delete_user_status", "proxy")},
+        [US_CMD_ONLINE] = {DURATION("online", "http"), DURATION("online", "grpc"),
+                           DURATION("online", "proxy")},
+#undef DURATION
+    };
+    for (int k = US_CMD_GET; k <= US_CMD_ONLINE; k++)
+        for (int t = 0; t < US_TRANSPORT_COUNT; t++) {
+            /* Only the pairs that can happen: online events come from the proxy only, and the
+             * proxy produces update (RPC) and online (refresh) events only. */
+            int possible = k == US_CMD_ONLINE ? t == US_TRANSPORT_PROXY
+                                              : t != US_TRANSPORT_PROXY || k == US_CMD_UPDATE;
+            core->m_duration[k][t] =
+                possible ? us_metric_histogram(names[k][t],
+                                               "Time from a complete request to its answer, by "
+                                               "command and front end.",
+                                               DURATION_BOUNDS,
+                                               sizeof(DURATION_BOUNDS) / sizeof(DURATION_BOUNDS[0]))
+                         : NULL;
+        }
+    core->m_in_flight = us_metric_gauge_func("userstatus_query_requests_in_flight",
+                                             "Calls started and not complete yet (waiting for the "
+                                             "broker or Redis).",
+                                             in_flight, core);
     core->m_acked = us_metric_counter("userstatus_query_events_acknowledged_total",
                                       "Events the broker acknowledged.");
     core->m_failed = us_metric_counter("userstatus_query_events_failed_total",
@@ -564,9 +594,7 @@ void us_core_free(us_core *core)
     pthread_mutex_lock(&core->mu);
     while (core->nlive > 0 && us_monotonic_ms() < until) {
         pthread_mutex_unlock(&core->mu);
-        struct timespec ts = {0, DEADLINE_TICK_MS * 1000000L};
-        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-        }
+        us_sleep_ms(DEADLINE_TICK_MS);
         pthread_mutex_lock(&core->mu);
     }
     core->stop = 1;

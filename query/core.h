@@ -66,6 +66,14 @@ typedef struct us_cmd {
     void *read_job;
 } us_cmd;
 
+/* The front end a call arrived by (a label of the request-duration metric). */
+typedef enum us_transport {
+    US_TRANSPORT_HTTP,
+    US_TRANSPORT_GRPC,
+    US_TRANSPORT_PROXY,
+    US_TRANSPORT_COUNT
+} us_transport;
+
 typedef struct us_core us_core;
 typedef struct us_call us_call;
 typedef struct us_producer us_producer;
@@ -91,8 +99,10 @@ void us_core_free(us_core *core);
 /* Number of calls started and not yet complete. */
 size_t us_core_pending(const us_core *core);
 
-/* A call of ncmds commands (at least 1), all US_CMD_NONE with error 0 until set. */
-us_call *us_call_new(us_core *core, size_t ncmds);
+/* A call of ncmds commands (at least 1), all US_CMD_NONE with error 0 until set, arriving by
+ * transport. Its clock starts now: each command's time to completion is observed in
+ * userstatus_query_request_duration_seconds{method,transport}. */
+us_call *us_call_new(us_core *core, size_t ncmds, us_transport transport);
 size_t us_call_ncmds(const us_call *call);
 us_cmd *us_call_cmd(us_call *call, size_t i);
 

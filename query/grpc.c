@@ -514,7 +514,7 @@ static int prepare_batch(rpc *r, char *why, size_t whylen)
         return -1;
     }
     if (b->n_commands == 0) return 0;
-    r->core_call = us_call_new(g->core, b->n_commands);
+    r->core_call = us_call_new(g->core, b->n_commands, US_TRANSPORT_GRPC);
     for (size_t i = 0; i < b->n_commands; i++) {
         const PbCommand *cmd = b->commands[i];
         us_cmd *c = us_call_cmd(r->core_call, i);
@@ -538,7 +538,7 @@ static int prepare_batch(rpc *r, char *why, size_t whylen)
 static void prepare_single(rpc *r)
 {
     us_grpc *g = r->g;
-    r->core_call = us_call_new(g->core, 1);
+    r->core_call = us_call_new(g->core, 1, US_TRANSPORT_GRPC);
     us_cmd *c = us_call_cmd(r->core_call, 0);
     if (r->method == M_UPDATE) {
         const PbUpdateRequest *q = (const PbUpdateRequest *)r->req;

@@ -9,19 +9,12 @@
 #include "producer.h"
 #include "reader.h"
 #include "redis_store.h"
+#include "signals.h"
 
-#include <signal.h>
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
-
-static volatile sig_atomic_t stop_requested;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_requested = 1;
-}
 
 static const us_cli_flag flags[] = {
     {"address", "address", "listen address"},
@@ -63,13 +56,12 @@ int main(int argc, char **argv, char **envp)
         us_warn("api_insecure is true: the API accepts requests WITHOUT an API key; never expose "
                 "this port beyond a trusted network");
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
+    /* Before any thread starts: the HTTP and Kafka threads inherit the blocked signals. */
+    if (us_signals_init() != 0) {
+        us_error("installing signal handlers: %s", strerror(errno));
+        us_config_free(&cfg);
+        return 1;
+    }
     /* query.threads (default: one per core) sizes both the HTTP thread pool and the reader. */
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     unsigned threads = cfg.query.threads > 0 ? (unsigned)cfg.query.threads
@@ -94,7 +86,7 @@ int main(int argc, char **argv, char **envp)
         us_metrics_free_all();
         return 1;
     }
-    while (!stop_requested) pause();
+    while (!us_signals_stop_requested()) us_signals_wait(-1);
     us_info("shutting down");
     us_core_quiesce(core); /* Every request still waiting is answered now. */
     us_grpc_stop(grpc);

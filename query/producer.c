@@ -6,14 +6,17 @@
  * broker did not acknowledge (acks=all, idempotent). */
 #include "producer.h"
 
+#include "clock.h"
 #include "kafka.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define POLL_SLICE_MS 100         /* rd_kafka_poll() timeout of the delivery-report thread. */
@@ -27,6 +30,7 @@ struct us_producer {
     int topics_started;
     _Atomic int stop;
     _Atomic int ready; /* The topic's metadata is known. */
+    us_metric *m_ack;
 };
 
 /* A queued message's report target: the caller's callback and its argument. Allocated per
@@ -34,11 +38,15 @@ struct us_producer {
 typedef struct delivery {
     us_delivery_fn done;
     void *opaque;
+    int64_t queued_ns; /* Monotonic; for userstatus_query_produce_ack_seconds. */
 } delivery;
+
 
 static void delivered(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
+    us_producer *p = opaque;
     delivery *d = m->_private;
+    if (!m->err) us_metric_observe(p->m_ack, (double)(us_monotonic_ns() - d->queued_ns) / 1e9);
     us_delivery_fn done = d->done;
     void *arg = d->opaque;
     free(d);
@@ -112,10 +120,19 @@ us_producer *us_producer_new(const us_config *cfg, char *err, size_t errlen)
         return NULL;
     }
     rd_kafka_conf_set_dr_msg_cb(conf, delivered);
-    rd_kafka_t *rk = us_kafka_new(RD_KAFKA_PRODUCER, conf, "producer", err, errlen);
-    if (!rk) return NULL;
     us_producer *p = calloc(1, sizeof(*p));
     if (!p) abort();
+    rd_kafka_conf_set_opaque(conf, p);
+    rd_kafka_t *rk = us_kafka_new(RD_KAFKA_PRODUCER, conf, "producer", err, errlen);
+    if (!rk) {
+        free(p);
+        return NULL;
+    }
+    static const double ack_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                        0.25,  0.5,    1,     2.5,  5,     10};
+    p->m_ack = us_metric_histogram("userstatus_query_produce_ack_seconds",
+                                   "Time from producing an event to the broker's acknowledgement.",
+                                   ack_bounds, sizeof(ack_bounds) / sizeof(ack_bounds[0]));
     p->rk = rk;
     p->cfg = cfg;
     if (pthread_create(&p->poller, NULL, poll_thread, p) != 0) {
@@ -169,6 +186,7 @@ size_t us_producer_send(us_producer *p, us_event_type type, const us_user_ref *u
         if (!d) abort();
         d->done = done;
         d->opaque = opaque;
+        d->queued_ns = us_monotonic_ns();
         rd_kafka_resp_err_t e = rd_kafka_producev(
             p->rk, RD_KAFKA_V_TOPIC(p->cfg->kafka.topic),
             RD_KAFKA_V_KEY(users[i].user, users[i].len), RD_KAFKA_V_VALUE(buf, (size_t)len),

@@ -43,7 +43,6 @@ typedef struct pending {
     json_t *doc; /* The request's JSON, which the call's user and state point into. */
     us_call *call;
     us_debounce_claim_t claim;
-    int suspended;
 } pending;
 
 struct us_proxy {
@@ -203,7 +202,6 @@ static void pending_free(pending *pd)
 static void suspend_pending(void *arg)
 {
     pending *pd = arg;
-    pd->suspended = 1;
     MHD_suspend_connection(pd->conn);
 }
 
@@ -252,7 +250,7 @@ static enum MHD_Result produce(us_proxy *p, struct MHD_Connection *conn, json_t 
     pd->endpoint = call->endpoint;
     pd->doc = doc;
     pd->claim = *claim;
-    pd->call = us_call_new(p->core, 1);
+    pd->call = us_call_new(p->core, 1, US_TRANSPORT_PROXY);
     us_user_ref user = {call->user, call->user_len};
     if (us_cmd_set(p->core, us_call_cmd(pd->call, 0),
                    call->endpoint == US_PROXY_RPC ? US_CMD_UPDATE : US_CMD_ONLINE, &user, 1,

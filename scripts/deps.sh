@@ -11,9 +11,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PACKAGES=(build-essential cmake pkg-config librdkafka-dev libhiredis-dev libmsgpack-dev
           libmicrohttpd-dev libjansson-dev libcmocka-dev redis-server redis-tools clang
           libclang-rt-14-dev curl python3-venv wrk webdis
-          libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler)
-# Java and Maven only run the test Kafka broker; any existing install will do.
-command -v java >/dev/null || PACKAGES+=(default-jre-headless)
+          libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
+          kcat prometheus)
+# kcat: the one-liner of examples/producers/README.md (tested); prometheus: promtool checks the alert
+# rules of deploy/prometheus/ (ctest) and scripts/stack.sh up --monitoring runs it.
+# Java and Maven run the test Kafka broker and build the Java producer example (javac: a JDK);
+# any existing install will do.
+command -v java >/dev/null && command -v javac >/dev/null || PACKAGES+=(default-jdk-headless)
 command -v mvn >/dev/null || PACKAGES+=(maven)
 
 # --- distribution packages ---------------------------------------------------------------------------

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# scripts/stack.sh {up|down|status} — start (or stop) the whole userstatus stack locally:
+# scripts/stack.sh {up [--monitoring]|down|status} — start (or stop) the whole userstatus stack locally:
 # Kafka (127.0.0.1:9092), Redis (127.0.0.1:6379), two workers (metrics on 9101, 9102) and the query
 # service (http://127.0.0.1:8000), built from build/. Config, pid and log files: $CACHE/local-config.json
-# and $CACHE/stack/. Env: USERSTATUS_CACHE, KAFKA_PORT, KAFKA_CONTROLLER_PORT, REDIS_PORT, HTTP_PORT (8000).
+# and $CACHE/stack/. --monitoring also starts Prometheus (when installed: Debian package prometheus) on
+# http://127.0.0.1:9190 with deploy/prometheus/prometheus.yml and its alert rules.
+# Env: USERSTATUS_CACHE, KAFKA_PORT, KAFKA_CONTROLLER_PORT, REDIS_PORT, HTTP_PORT (8000),
+# PROMETHEUS_PORT (9190; not 9090, where a distribution's own Prometheus service may listen).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -11,6 +14,7 @@ cd "$ROOT"
 export KAFKA_PORT="${KAFKA_PORT:-9092}" KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 export REDIS_PORT="${REDIS_PORT:-6379}"
 HTTP_PORT="${HTTP_PORT:-8000}"
+PROMETHEUS_PORT="${PROMETHEUS_PORT:-9190}"
 CFG="$CACHE/local-config.json"
 RUN="$CACHE/stack"
 WORKER="$ROOT/build/worker/userstatus-worker"
@@ -30,7 +34,45 @@ start_proc() {
     echo $! >"$RUN/$name.pid"
 }
 
+# start_prometheus: Prometheus on loopback scraping this stack (deploy/prometheus/prometheus.yml with
+# the query port of this stack), data in $RUN/prometheus. Not an error when Prometheus is not installed.
+start_prometheus() {
+    local bin dir="$RUN/prometheus"
+    bin="$(command -v prometheus)" || {
+        warn "prometheus not installed (Debian package prometheus): monitoring not started"
+        return 0
+    }
+    mkdir -p "$dir/data"
+    sed "s/127\.0\.0\.1:8000/127.0.0.1:$HTTP_PORT/" "$ROOT/deploy/prometheus/prometheus.yml" >"$dir/prometheus.yml"
+    cp "$ROOT/deploy/prometheus/alerts.yml" "$dir/alerts.yml"
+    start_proc prometheus "$bin" --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+        --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" --storage.tsdb.retention.time=2d
+    local t0=$SECONDS
+    until curl -sf "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" >/dev/null; do
+        if ! pid_alive "$RUN/prometheus.pid" "$bin"; then
+            tail -n 20 "$RUN/prometheus.log" >&2 || true
+            warn "prometheus exited during start-up (log: $RUN/prometheus.log)"
+            return 0
+        fi
+        ((SECONDS - t0 < 30)) || { warn "prometheus not ready within 30 s (log: $RUN/prometheus.log)"; return 0; }
+        sleep 0.5
+    done
+    cat <<EOT
+
+Prometheus       http://127.0.0.1:$PROMETHEUS_PORT   (targets: /targets, alerts: /alerts; log $RUN/prometheus.log)
+Grafana (optional, not started): add a Prometheus data source with URL http://127.0.0.1:$PROMETHEUS_PORT,
+  then Dashboards > New > Import > upload $ROOT/deploy/grafana/userstatus.json and pick that data source.
+EOT
+}
+
 cmd_up() {
+    local monitoring=0 arg
+    for arg in "$@"; do
+        case "$arg" in
+            --monitoring) monitoring=1 ;;
+            *) die "unknown option for up: $arg (usage: $0 up [--monitoring])" ;;
+        esac
+    done
     "$ROOT/scripts/deps.sh"
     info "building build/"
     cmake -S "$ROOT" -B "$ROOT/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DUSERSTATUS_PYTHON=$VENV/bin/python" >/dev/null
@@ -87,9 +129,11 @@ Try:
 
 Stop everything with: scripts/stack.sh down
 EOT
+    if ((monitoring)); then start_prometheus; fi
 }
 
 cmd_down() {
+    stop_pidfile "$RUN/prometheus.pid" "prometheus" 30 "prometheus"
     stop_pidfile "$RUN/query.pid" "query service" 30 "$QUERY"
     stop_pidfile "$RUN/worker1.pid" "worker 1" 30 "$WORKER"
     stop_pidfile "$RUN/worker2.pid" "worker 2" 30 "$WORKER"
@@ -105,12 +149,15 @@ cmd_status() {
     done
     "$ROOT/scripts/kafka.sh" status || rc=1
     "$ROOT/scripts/redis.sh" status || rc=1
+    if pid_alive "$RUN/prometheus.pid" prometheus; then
+        info "prometheus running (pid $(cat "$RUN/prometheus.pid"), http://127.0.0.1:$PROMETHEUS_PORT)"
+    fi
     return $rc
 }
 
 case "${1:-}" in
-    up) cmd_up ;;
+    up) shift; cmd_up "$@" ;;
     down) cmd_down ;;
     status) cmd_status ;;
-    *) echo "usage: $0 {up|down|status}" >&2; exit 2 ;;
+    *) echo "usage: $0 {up [--monitoring]|down|status}" >&2; exit 2 ;;
 esac

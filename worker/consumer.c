@@ -15,11 +15,33 @@
  * *lost* (the group evicted us), the batch is dropped without storing anything: the new owner reads
  * those messages again from the last commit.
  *
- * Redis failures are retried with exponential backoff forever (until shutdown): an event is never
- * dropped, offsets simply do not move until Redis is back. */
+ * Never write for a partition that may have moved
+ * -----------------------------------------------
+ * Redis and dead-letter failures are retried with exponential backoff, but a batch is retried for
+ * at most half of max.poll.interval.ms (the "write budget"), counted from the poll that ended it.
+ * The group evicts a member that has not polled for max.poll.interval.ms and hands its partitions
+ * to another; a stale batch written after the new owner's newer writes would undo them (DEL and
+ * state are last-writer-wins; only times are max-merged). So:
+ *   - no write attempt starts once the budget is spent, and none when librdkafka reports the
+ *     assignment lost (rd_kafka_assignment_lost);
+ *   - a batch whose budget ran out is *rewound*: dropped unstored, and every partition of it that
+ *     is still ours is seeked back to the batch's first offset of that partition; the loop then
+ *     polls again (keeping the membership alive, serving rebalances) and re-consumes the same
+ *     messages into a new batch, which gets a new budget.
+ * An event is therefore never dropped: while Redis is down the worker keeps its partitions and
+ * cycles through rewinds; offsets do not move until Redis is back. One write attempt must fit in
+ * the other half of max.poll.interval.ms (a warning at start says when the Redis timeouts make
+ * that doubtful). What this cannot fence: a worker cut off from the *brokers* (not Redis) loses
+ * its partitions after session.timeout.ms while it may still be writing; see docs/choices.md.
+ *
+ * Dead-letter delivery reports are asynchronous and may outlive their batch (rewound, or dropped
+ * with its partitions): each carries the batch generation (common/acks.h), and a report of an
+ * earlier batch is ignored, never credited to the entry of the current batch in the same slot. */
 #include "worker.h"
 
+#include "acks.h"
 #include "admin_http.h"
+#include "clock.h"
 #include "coalesce.h"
 #include "event.h"
 #include "kafka.h"
@@ -28,11 +50,11 @@
 #include "redis_store.h"
 
 #include <librdkafka/rdkafka.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define POLL_IDLE_MS 100          /* Poll timeout while no batch is in hand. */
@@ -40,6 +62,11 @@
 #define RETRY_BACKOFF_MAX_MS 2000 /* Longest wait between retries: bounds how long after Redis
                                    * comes back the worker resumes (design: within 5 s). */
 #define DLQ_FLUSH_SLICE_MS 500    /* rd_kafka_flush() slice while waiting for DLQ acks. */
+/* A batch is retried for at most max.poll.interval.ms / WRITE_BUDGET_DIVISOR (see the top). */
+#define WRITE_BUDGET_DIVISOR 2
+#define MAX_POLL_INTERVAL_DEFAULT_MS 300000 /* librdkafka's default max.poll.interval.ms. */
+/* Rewinds are asynchronous: the seek at once sets a barrier that drops messages fetched earlier. */
+#define SEEK_TIMEOUT_MS 0
 #define DLQ_MESSAGE_TIMEOUT_MS 30000
 #define TOPIC_CREATE_TIMEOUT_MS 10000
 #define CLOSE_TIMEOUT_MS 5000 /* Longest wait to leave the group cleanly at shutdown. */
@@ -53,14 +80,12 @@
 #define FETCH_MAX_BYTES "4194304"
 #define PARTITION_FETCH_MAX_BYTES "262144"
 
-typedef enum dlq_state { DLQ_PENDING, DLQ_DELIVERED, DLQ_FAILED } dlq_state;
-
-/* A message of the batch that goes to the dead-letter topic. */
+/* A message of the batch that goes to the dead-letter topic. Entry i's delivery state is entry
+ * i of worker.dlq_acks. */
 typedef struct dlq_entry {
     size_t msg; /* Index into worker.msgs. */
     us_event_error error;
     char detail[DETAIL_MAX];
-    _Atomic int state; /* dlq_state, written by the delivery report callback. */
 } dlq_entry;
 
 typedef struct worker {
@@ -76,53 +101,73 @@ typedef struct worker {
     size_t nmsgs;
     dlq_entry *dlq_entries;
     size_t ndlq;
+    /* Delivery states of dlq_entries, tagged with the batch generation: a report arriving after
+     * its batch was dropped (rewound, partitions lost) is ignored, never credited to the entry
+     * that reuses the slot. Reports run on this thread (rd_kafka_poll/flush of w->dlq). */
+    us_acks dlq_acks;
 
-    int assigned_once; /* The group has completed a rebalance with us in it. */
+    int assigned_once;       /* The group has completed a rebalance with us in it. */
+    int64_t write_budget_ms; /* Longest time a batch is retried before it is rewound. */
 
+    /* Redis health, written by the consumer loop, read by /health on an HTTP thread. */
     _Atomic int redis_healthy;
+    pthread_mutex_t redis_error_lock; /* Guards redis_error. */
     char redis_error[256];
 
     us_metric *m_applied, *m_dead, *m_batches, *m_users, *m_redis_errors, *m_dlq_errors,
-        *m_rebalances, *m_partitions, *m_kafka_errors, *m_last_batch_ms;
+        *m_rebalances, *m_partitions, *m_kafka_errors, *m_last_batch_ms, *m_rewinds;
 } worker;
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int64_t ms)
-{
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
 
 /* Sleeps for the current backoff, then doubles it (bounded). Wakes early on shutdown. */
 static void backoff(worker *w, int64_t *delay_ms)
 {
-    for (int64_t slept = 0; slept < *delay_ms && !*w->stop; slept += 50) sleep_ms(50);
+    for (int64_t slept = 0; slept < *delay_ms && !*w->stop; slept += 50) us_sleep_ms(50);
     *delay_ms = *delay_ms * 2 > RETRY_BACKOFF_MAX_MS ? RETRY_BACKOFF_MAX_MS : *delay_ms * 2;
+}
+
+/* How waiting for a batch's acknowledgements ended. */
+typedef enum settle_result {
+    SETTLED,        /* Every write acknowledged. */
+    SETTLE_STOPPED, /* Shutdown requested. */
+    SETTLE_GAVE_UP, /* Write budget spent, or the partitions may no longer be ours. */
+} settle_result;
+
+/* Whether another attempt may start before deadline (monotonic ms): not when the group may have
+ * taken our partitions away. Logs why not. */
+static int may_write(worker *w, int64_t deadline, const char *what)
+{
+    if (rd_kafka_assignment_lost(w->consumer)) {
+        us_warn("%s: the group took our partitions away; not writing the batch", what);
+        return 0;
+    }
+    if (us_monotonic_ms() >= deadline) {
+        us_warn("%s: still failing after the write budget of %lld ms (half of "
+                "max.poll.interval.ms); rewinding the batch to consume it again",
+                what, (long long)w->write_budget_ms);
+        return 0;
+    }
+    return 1;
 }
 
 static void dlq_delivered(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
+    (void)rk;
     worker *w = opaque;
-    dlq_entry *e = m->_private;
     if (m->err) {
         us_error("dead-letter topic '%s': delivery failed: %s (will retry)",
                  w->cfg->kafka.dlq_topic, rd_kafka_err2str(m->err));
         us_metric_add(w->m_dlq_errors, 1);
-        atomic_store(&e->state, DLQ_FAILED);
-    } else {
-        atomic_store(&e->state, DLQ_DELIVERED);
     }
+    if (us_acks_report(&w->dlq_acks, m->_private, !m->err) != 0)
+        us_debug("dead-letter report for a message of a dropped batch (%s); ignored",
+                 m->err ? rd_kafka_err2str(m->err) : "delivered");
 }
 
-/* Produces one dead-letter message: original key, value and headers, plus ours saying why. */
-static int dlq_produce(worker *w, dlq_entry *e)
+/* Produces dead-letter entry i of the batch: original key, value and headers, plus ours saying
+ * why. */
+static int dlq_produce(worker *w, size_t i)
 {
+    const dlq_entry *e = &w->dlq_entries[i];
     const rd_kafka_message_t *m = w->msgs[e->msg];
     rd_kafka_headers_t *orig = NULL, *hdrs;
     if (rd_kafka_message_headers(m, &orig) == RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -138,14 +183,14 @@ static int dlq_produce(worker *w, dlq_entry *e)
     rd_kafka_header_add(hdrs, "userstatus-original-partition", -1, partition, -1);
     rd_kafka_header_add(hdrs, "userstatus-original-offset", -1, offset, -1);
 
-    atomic_store(&e->state, DLQ_PENDING);
+    void *token = us_acks_send(&w->dlq_acks, i);
     rd_kafka_resp_err_t err = rd_kafka_producev(
         w->dlq, RD_KAFKA_V_TOPIC(w->cfg->kafka.dlq_topic), RD_KAFKA_V_KEY(m->key, m->key_len),
         RD_KAFKA_V_VALUE(m->payload, m->len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-        RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(e), RD_KAFKA_V_END);
+        RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(token), RD_KAFKA_V_END);
     if (err) {
         rd_kafka_headers_destroy(hdrs);
-        atomic_store(&e->state, DLQ_FAILED);
+        us_acks_report(&w->dlq_acks, token, 0);
         us_error("dead-letter topic '%s': cannot queue message: %s", w->cfg->kafka.dlq_topic,
                  rd_kafka_err2str(err));
         return -1;
@@ -153,48 +198,49 @@ static int dlq_produce(worker *w, dlq_entry *e)
     return 0;
 }
 
-/* Waits until every dead-lettered message of the batch is acknowledged, re-producing failed ones.
- * Returns 0, or -1 when shutdown interrupted it. */
-static int dlq_settle(worker *w)
+/* Waits until every dead-lettered message of the batch is acknowledged, re-producing failed ones,
+ * until deadline (monotonic ms). */
+static settle_result dlq_settle(worker *w, int64_t deadline)
 {
     int64_t delay = RETRY_BACKOFF_MIN_MS;
     for (;;) {
         rd_kafka_flush(w->dlq, DLQ_FLUSH_SLICE_MS);
-        size_t pending = 0, failed = 0;
-        for (size_t i = 0; i < w->ndlq; i++) {
-            int st = atomic_load(&w->dlq_entries[i].state);
-            pending += st == DLQ_PENDING;
-            failed += st == DLQ_FAILED;
-        }
-        if (pending == 0 && failed == 0) return 0;
-        if (*w->stop) return -1;
+        size_t pending, failed;
+        us_acks_count(&w->dlq_acks, &pending, &failed);
+        if (pending == 0 && failed == 0) return SETTLED;
+        if (*w->stop) return SETTLE_STOPPED;
+        if (!may_write(w, deadline, "dead-letter delivery")) return SETTLE_GAVE_UP;
         if (pending == 0) {
             backoff(w, &delay);
             for (size_t i = 0; i < w->ndlq; i++)
-                if (atomic_load(&w->dlq_entries[i].state) == DLQ_FAILED)
-                    dlq_produce(w, &w->dlq_entries[i]);
+                if (us_acks_state(&w->dlq_acks, i) == US_ACK_FAILED) dlq_produce(w, i);
         }
     }
 }
 
-/* Writes the batch to Redis, retrying until success. Returns 0, or -1 on shutdown. */
-static int redis_settle(worker *w)
+/* Writes the batch to Redis, retrying until success or deadline (monotonic ms). */
+static settle_result redis_settle(worker *w, int64_t deadline)
 {
     int64_t delay = RETRY_BACKOFF_MIN_MS;
     char err[256];
-    while (us_redis_apply(w->redis, w->batch.updates, w->batch.count, err, sizeof(err)) != 0) {
+    for (;;) {
+        if (!may_write(w, deadline, "redis write")) return SETTLE_GAVE_UP;
+        if (us_redis_apply(w->redis, w->batch.updates, w->batch.count, err, sizeof(err)) == 0)
+            break;
         us_metric_add(w->m_redis_errors, 1);
-        atomic_store(&w->redis_healthy, 0);
+        pthread_mutex_lock(&w->redis_error_lock);
         snprintf(w->redis_error, sizeof(w->redis_error), "%s", err);
+        pthread_mutex_unlock(&w->redis_error_lock);
+        atomic_store(&w->redis_healthy, 0);
         us_error("redis write of %zu users failed: %s; retrying in %lld ms (offsets held)",
                  w->batch.count, err, (long long)delay);
-        if (*w->stop) return -1;
+        if (*w->stop) return SETTLE_STOPPED;
         backoff(w, &delay);
-        if (*w->stop) return -1;
+        if (*w->stop) return SETTLE_STOPPED;
     }
     if (!atomic_load(&w->redis_healthy)) us_info("redis writes succeed again");
     atomic_store(&w->redis_healthy, 1);
-    return 0;
+    return SETTLED;
 }
 
 static void batch_release(worker *w)
@@ -203,6 +249,7 @@ static void batch_release(worker *w)
     for (size_t i = 0; i < w->nmsgs; i++) rd_kafka_message_destroy(w->msgs[i]);
     w->nmsgs = 0;
     w->ndlq = 0;
+    us_acks_reset(&w->dlq_acks); /* Reports still outstanding for this batch become stale. */
 }
 
 /* Stores last offset + 1 of every partition in the batch. */
@@ -227,28 +274,108 @@ static void store_offsets(worker *w)
     rd_kafka_topic_partition_list_destroy(list);
 }
 
-/* Finishes the batch in hand: DLQ acks, Redis acks, then offsets. On shutdown before both acks
- * arrived, nothing is stored and the messages will be consumed again. */
-static void batch_finish(worker *w)
+/* The first offset of each partition in the batch (offset field), for rewinding. */
+static rd_kafka_topic_partition_list_t *batch_first_offsets(const worker *w)
 {
-    if (w->nmsgs == 0) return;
-    int64_t started = now_ms();
-    if (dlq_settle(w) != 0 || redis_settle(w) != 0) {
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(16);
+    for (size_t i = 0; i < w->nmsgs; i++) {
+        const rd_kafka_message_t *m = w->msgs[i];
+        rd_kafka_topic_partition_t *p = rd_kafka_topic_partition_list_find(
+            list, rd_kafka_topic_name(m->rkt), m->partition);
+        if (!p) {
+            p = rd_kafka_topic_partition_list_add(list, rd_kafka_topic_name(m->rkt), m->partition);
+            p->offset = m->offset;
+        } else if (m->offset < p->offset) {
+            p->offset = m->offset;
+        }
+    }
+    return list;
+}
+
+/* Drops the batch unstored and seeks each of its partitions that stays ours (assigned, not lost,
+ * not in revoking) back to the batch's first offset there, so that the next polls deliver the same
+ * messages again. revoking: the partitions being given up right now (NULL: none). */
+static void batch_rewind(worker *w, const rd_kafka_topic_partition_list_t *revoking)
+{
+    rd_kafka_topic_partition_list_t *first = batch_first_offsets(w), *assigned = NULL;
+    rd_kafka_topic_partition_list_t *seek = rd_kafka_topic_partition_list_new(first->cnt);
+    int lost = rd_kafka_assignment_lost(w->consumer);
+    if (!lost && rd_kafka_assignment(w->consumer, &assigned) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        for (int i = 0; i < first->cnt; i++) {
+            const rd_kafka_topic_partition_t *p = &first->elems[i];
+            if (!rd_kafka_topic_partition_list_find(assigned, p->topic, p->partition)) continue;
+            if (revoking && rd_kafka_topic_partition_list_find(
+                                (rd_kafka_topic_partition_list_t *)revoking, p->topic, p->partition))
+                continue;
+            rd_kafka_topic_partition_list_add(seek, p->topic, p->partition)->offset = p->offset;
+        }
+    }
+    if (assigned) rd_kafka_topic_partition_list_destroy(assigned);
+    us_warn("dropping a batch of %zu messages unwritten and unstored; %d of its %d partition(s) "
+            "rewound to consume it again%s",
+            w->nmsgs, seek->cnt, first->cnt,
+            lost ? " (none: the group took our partitions away)" : "");
+    if (seek->cnt > 0) {
+        rd_kafka_error_t *error = rd_kafka_seek_partitions(w->consumer, seek, SEEK_TIMEOUT_MS);
+        if (error) {
+            /* Not expected for assigned partitions. Without the seek the loop would go on past
+             * unwritten messages and store offsets over them: stop instead; the messages are
+             * consumed again by whoever owns the partitions next. */
+            us_error("rewinding %d partition(s) failed: %s; stopping so that no event is skipped",
+                     seek->cnt, rd_kafka_error_string(error));
+            rd_kafka_error_destroy(error);
+            *w->stop = 1;
+        } else {
+            for (int i = 0; i < seek->cnt; i++)
+                /* An asynchronous seek reports "in progress": queued, the barrier is set. */
+                if (seek->elems[i].err && seek->elems[i].err != RD_KAFKA_RESP_ERR__IN_PROGRESS) {
+                    us_error("rewinding %s[%d] to %lld failed: %s; stopping so that no event is "
+                             "skipped",
+                             seek->elems[i].topic, (int)seek->elems[i].partition,
+                             (long long)seek->elems[i].offset,
+                             rd_kafka_err2str(seek->elems[i].err));
+                    *w->stop = 1;
+                }
+        }
+    }
+    us_metric_add(w->m_rewinds, 1);
+    rd_kafka_topic_partition_list_destroy(seek);
+    rd_kafka_topic_partition_list_destroy(first);
+    batch_release(w);
+}
+
+/* Finishes the batch in hand: DLQ acks, Redis acks, then offsets, within the write budget. On
+ * shutdown before both acks arrived, nothing is stored and the messages will be consumed again;
+ * when the budget runs out, the batch is rewound (see the top). revoking: the partitions the
+ * rebalance callback is giving up (NULL outside it). Returns 1 when the batch was written (or
+ * there was none), 0 when it was dropped or rewound. */
+static int batch_finish(worker *w, const rd_kafka_topic_partition_list_t *revoking)
+{
+    if (w->nmsgs == 0) return 1;
+    int64_t started = us_monotonic_ms(), deadline = started + w->write_budget_ms;
+    settle_result r = dlq_settle(w, deadline);
+    if (r == SETTLED) r = redis_settle(w, deadline);
+    if (r == SETTLE_STOPPED) {
         us_warn("shutting down with a batch of %zu messages not fully written; their offsets are "
                 "not stored, so they will be consumed again",
                 w->nmsgs);
         batch_release(w);
-        return;
+        return 0;
+    }
+    if (r == SETTLE_GAVE_UP) {
+        batch_rewind(w, revoking);
+        return 0;
     }
     store_offsets(w);
     us_metric_add(w->m_applied, w->nmsgs - w->ndlq);
     us_metric_add(w->m_dead, w->ndlq);
     us_metric_add(w->m_users, w->batch.count);
     us_metric_add(w->m_batches, 1);
-    us_metric_set(w->m_last_batch_ms, now_ms() - started);
+    us_metric_set(w->m_last_batch_ms, us_monotonic_ms() - started);
     us_debug("batch done: %zu messages, %zu users, %zu dead-lettered", w->nmsgs, w->batch.count,
              w->ndlq);
     batch_release(w);
+    return 1;
 }
 
 /* Adds one consumed message to the batch (the batch takes ownership of m). */
@@ -262,7 +389,7 @@ static void batch_take(worker *w, rd_kafka_message_t *m)
     us_event_error err = us_event_decode(&w->decoder, m->payload, m->len, m->key, m->key_len, &ev,
                                          detail, sizeof(detail));
     if (err == US_EVENT_OK) {
-        int64_t now = now_ms(), t;
+        int64_t now = us_now_ms(), t;
         if (ev.has_time) {
             t = ev.time_ms;
         } else {
@@ -273,13 +400,14 @@ static void batch_take(worker *w, rd_kafka_message_t *m)
         us_batch_add(&w->batch, &ev, t / 1000); /* Cannot fail: users <= messages <= capacity. */
         return;
     }
+    size_t i = us_acks_add(&w->dlq_acks);
     dlq_entry *e = &w->dlq_entries[w->ndlq++];
     e->msg = idx;
     e->error = err;
     snprintf(e->detail, sizeof(e->detail), "%s", detail);
     us_warn("dead-lettering %s[%d]@%lld: %s: %s", rd_kafka_topic_name(m->rkt), (int)m->partition,
             (long long)m->offset, us_event_error_name(err), detail);
-    dlq_produce(w, e);
+    dlq_produce(w, i);
 }
 
 static void rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -307,8 +435,8 @@ static void commit_offsets(worker *w)
  * dropped unstored: they are consumed again by whoever owns their partition next. */
 static int close_consumer(worker *w)
 {
-    int64_t deadline = now_ms() + CLOSE_TIMEOUT_MS;
-    while (!w->assigned_once && now_ms() < deadline) {
+    int64_t deadline = us_monotonic_ms() + CLOSE_TIMEOUT_MS;
+    while (!w->assigned_once && us_monotonic_ms() < deadline) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(w->consumer, 100);
         if (m) rd_kafka_message_destroy(m);
     }
@@ -323,8 +451,8 @@ static int close_consumer(worker *w)
         us_warn("closing the consumer: %s", rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
     }
-    deadline = now_ms() + CLOSE_TIMEOUT_MS;
-    while (!rd_kafka_consumer_closed(w->consumer) && now_ms() < deadline) {
+    deadline = us_monotonic_ms() + CLOSE_TIMEOUT_MS;
+    while (!rd_kafka_consumer_closed(w->consumer) && us_monotonic_ms() < deadline) {
         rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 100);
         if (!ev) continue;
         if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE)
@@ -364,9 +492,14 @@ static void rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                     parts->cnt, w->nmsgs);
             batch_release(w);
         } else {
-            batch_finish(w);
+            int drained = batch_finish(w, parts);
             commit_offsets(w);
-            us_info("revoked %d partition(s) after draining in-flight writes", parts->cnt);
+            if (drained)
+                us_info("revoked %d partition(s) after draining in-flight writes", parts->cnt);
+            else
+                us_warn("revoked %d partition(s) with the batch in hand unwritten: the next owner "
+                        "consumes their events again from the last commit",
+                        parts->cnt);
         }
         if (cooperative)
             error = rd_kafka_incremental_unassign(rk, parts);
@@ -390,7 +523,9 @@ static int health(void *arg, char *msg, size_t msglen)
 {
     worker *w = arg;
     if (!atomic_load(&w->redis_healthy)) {
+        pthread_mutex_lock(&w->redis_error_lock);
         snprintf(msg, msglen, "redis: %s", w->redis_error);
+        pthread_mutex_unlock(&w->redis_error_lock);
         return 0;
     }
     snprintf(msg, msglen, "consuming");
@@ -417,6 +552,9 @@ static void register_metrics(worker *w)
                                         "Rebalance callbacks served.");
     w->m_partitions = us_metric_gauge("userstatus_worker_assigned_partitions",
                                       "Partitions currently assigned to this worker.");
+    w->m_rewinds = us_metric_counter("userstatus_worker_batches_rewound_total",
+                                     "Batches dropped unwritten after the write budget and "
+                                     "consumed again.");
     w->m_last_batch_ms = us_metric_gauge("userstatus_worker_last_batch_milliseconds",
                                          "Time to finish the last batch.");
 }
@@ -467,6 +605,30 @@ static rd_kafka_t *create_consumer(worker *w, char *err, size_t errlen)
     return rk;
 }
 
+/* Sets the write budget from the consumer's max.poll.interval.ms; warns when one Redis attempt
+ * (connect + I/O timeout) may not fit in the rest of the interval. */
+static void set_write_budget(worker *w)
+{
+    char value[32];
+    size_t len = sizeof(value);
+    int64_t interval = MAX_POLL_INTERVAL_DEFAULT_MS;
+    if (rd_kafka_conf_get(rd_kafka_conf(w->consumer), "max.poll.interval.ms", value, &len) ==
+        RD_KAFKA_CONF_OK)
+        interval = strtoll(value, NULL, 10);
+    w->write_budget_ms = interval / WRITE_BUDGET_DIVISOR;
+    int64_t attempt = w->cfg->user_status.redis_connect_timeout_ms +
+                      w->cfg->user_status.redis_io_timeout_ms +
+                      (w->cfg->user_status.redis_wait_replicas > 0
+                           ? w->cfg->user_status.redis_wait_timeout_ms
+                           : 0);
+    if (attempt >= interval - w->write_budget_ms)
+        us_warn("max.poll.interval.ms (%lld ms) leaves %lld ms for the last Redis write attempt of "
+                "a batch, which may take %lld ms (redis connect + io [+ wait] timeouts): raise "
+                "max.poll.interval.ms or lower the timeouts, or an evicted worker may still be "
+                "writing",
+                (long long)interval, (long long)(interval - w->write_budget_ms), (long long)attempt);
+}
+
 /* Creates the topics, retrying while the brokers are unreachable. Returns 0, or -1 on shutdown. */
 static int ensure_topics(worker *w)
 {
@@ -487,7 +649,7 @@ static void consume_loop(worker *w)
         rd_kafka_message_t *m =
             rd_kafka_consumer_poll(w->consumer, w->nmsgs == 0 ? POLL_IDLE_MS : 0);
         if (!m) {
-            batch_finish(w); /* The local queue is drained: write what we have. */
+            batch_finish(w, NULL); /* The local queue is drained: write what we have. */
             continue;
         }
         if (m->err) {
@@ -497,10 +659,10 @@ static void consume_loop(worker *w)
             continue;
         }
         batch_take(w, m);
-        if (w->nmsgs == (size_t)w->cfg->worker.batch_size) batch_finish(w);
+        if (w->nmsgs == (size_t)w->cfg->worker.batch_size) batch_finish(w, NULL);
         rd_kafka_poll(w->dlq, 0); /* Serve DLQ delivery reports. */
     }
-    batch_finish(w);
+    batch_finish(w, NULL);
 }
 
 int us_worker_run(const us_config *cfg, int metrics_port, volatile sig_atomic_t *stop)
@@ -510,6 +672,7 @@ int us_worker_run(const us_config *cfg, int metrics_port, volatile sig_atomic_t 
     w.cfg = cfg;
     w.stop = stop;
     atomic_store(&w.redis_healthy, 1);
+    pthread_mutex_init(&w.redis_error_lock, NULL);
     register_metrics(&w);
     us_redis_metrics_register();
     us_event_decoder_init(&w.decoder);
@@ -520,7 +683,8 @@ int us_worker_run(const us_config *cfg, int metrics_port, volatile sig_atomic_t 
     size_t cap = (size_t)cfg->worker.batch_size;
     w.msgs = calloc(cap, sizeof(*w.msgs));
     w.dlq_entries = calloc(cap, sizeof(*w.dlq_entries));
-    if (!w.msgs || !w.dlq_entries || us_batch_init(&w.batch, cap) != 0) {
+    if (!w.msgs || !w.dlq_entries || us_acks_init(&w.dlq_acks, cap) != 0 ||
+        us_batch_init(&w.batch, cap) != 0) {
         us_error("out of memory for a batch of %zu messages", cap);
         goto out;
     }
@@ -533,6 +697,7 @@ int us_worker_run(const us_config *cfg, int metrics_port, volatile sig_atomic_t 
         us_error("%s", err);
         goto out;
     }
+    set_write_budget(&w);
     if (metrics_port > 0) {
         admin = us_admin_http_start(cfg->worker.metrics_address, metrics_port, health, &w, err,
                                     sizeof(err));
@@ -585,6 +750,8 @@ out:
     us_event_decoder_destroy(&w.decoder);
     free(w.msgs);
     free(w.dlq_entries);
+    us_acks_free(&w.dlq_acks);
+    pthread_mutex_destroy(&w.redis_error_lock);
     us_metrics_free_all();
     return rc;
 }

@@ -34,6 +34,7 @@ ERRORS = (
     "bad_time",
     "unsupported_version",
     "key_mismatch",
+    "bad_utf8",
 )
 
 
@@ -79,6 +80,12 @@ def str16(s):
 def str32(s):
     b = s.encode()
     return Raw(b"\xdb" + struct.pack(">I", len(b)) + b)
+
+
+def rawstr(b):
+    """A msgpack str whose body is the given bytes verbatim (may be invalid UTF-8)."""
+    assert len(b) < 32
+    return Raw(bytes([0xa0 | len(b)]) + b)
 
 
 def int8(v):
@@ -301,6 +308,23 @@ def invalid_vectors():
     add("key_leading_zero", "042", pk({"type": "active", "user": "42"}), "key_mismatch")
     add("key_prefix_of_user", "4", pk({"type": "online", "user": "42", "time": T}), "key_mismatch")
     add("key_longer_than_user", "42x", pk({"type": "delete", "user": "42"}), "key_mismatch")
+    # bad_utf8: user or state is a str whose bytes are not well-formed UTF-8
+    add("user_invalid_byte_ff", None, pairs(("type", "active"), ("user", rawstr(b"4\xff2"))), "bad_utf8")
+    add("user_lone_continuation", None, pairs(("type", "active"), ("user", rawstr(b"\x80"))), "bad_utf8")
+    add("user_overlong_slash", None, pairs(("type", "online"), ("user", rawstr(b"\xc0\xaf"))), "bad_utf8")
+    add("user_overlong_3_bytes", None, pairs(("type", "active"), ("user", rawstr(b"\xe0\x80\xaf"))),
+        "bad_utf8")
+    add("user_surrogate", None, pairs(("type", "delete"), ("user", rawstr(b"\xed\xa0\x80"))), "bad_utf8")
+    add("user_above_u10ffff", None, pairs(("type", "active"), ("user", rawstr(b"\xf4\x90\x80\x80"))),
+        "bad_utf8")
+    add("user_truncated_sequence", None, pairs(("type", "active"), ("user", rawstr(b"ab\xe2\x82"))),
+        "bad_utf8")
+    add("state_invalid_byte_fe", None, pairs(("type", "active"), ("user", "42"), ("state", rawstr(b"\xfe"))),
+        "bad_utf8")
+    add("state_truncated_sequence", "42",
+        pairs(("type", "online"), ("user", "42"), ("state", rawstr(b"dnd\xf0\x9f\x98"))), "bad_utf8")
+    add("state_cesu8_pair", None,
+        pairs(("type", "active"), ("user", "42"), ("state", rawstr(b"\xed\xa0\xbd\xed\xb8\x80"))), "bad_utf8")
     return V
 
 

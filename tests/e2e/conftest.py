@@ -614,6 +614,94 @@ def private_redis(tmp_path):
     r.close()
 
 
+class RedisProxy:
+    """A TCP proxy in front of a Redis that a test can cut off for one client only: cut() closes the
+    connections through it and refuses new ones (each is closed at once), restore() forwards again.
+    Unlike a frozen redis-server, nothing sent during the cut is executed later: the client sees
+    Redis down, every other client sees it up."""
+
+    def __init__(self, target=REDIS):
+        import threading
+
+        self.target = target
+        self.port = free_port()
+        self.addr = "127.0.0.1:%d" % self.port
+        self._cut = threading.Event()
+        self._lock = threading.Lock()
+        self._socks = []
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener.settimeout(0.2)
+        self._closed = False
+        self._t = threading.Thread(target=self._accept, daemon=True)
+        self._t.start()
+
+    def _accept(self):
+        import threading
+
+        host, port = self.target.rsplit(":", 1)
+        while not self._closed:
+            try:
+                c, _ = self._listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            if self._cut.is_set():
+                c.close()
+                continue
+            try:
+                u = socket.create_connection((host, int(port)), timeout=5)
+            except OSError:
+                c.close()
+                continue
+            c.settimeout(None)
+            u.settimeout(None)
+            with self._lock:
+                self._socks += [c, u]
+            threading.Thread(target=self._pump, args=(c, u), daemon=True).start()
+            threading.Thread(target=self._pump, args=(u, c), daemon=True).start()
+
+    def _pump(self, src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data or self._cut.is_set():
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        self._cut.set()
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def restore(self):
+        self._cut.clear()
+
+    def close(self):
+        self._closed = True
+        self.cut()
+        self._listener.close()
+        self._t.join(5)
+
+
+@pytest.fixture
+def redis_proxy():
+    p = RedisProxy()
+    yield p
+    p.close()
+
+
 class PrivateKafka:
     """A single-node KRaft broker of the test's own (scripts/kafka.sh on free ports, data in the
     test's tmp dir); stop() and start() keep its data."""

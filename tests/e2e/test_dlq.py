@@ -64,6 +64,8 @@ def test_each_dlq_reason_code(ns, stack):
         ("u-version", pack({"type": "active", "user": "u-version", "v": 2}), "unsupported_version"),
         ("u-dup", b"\x83\xa4type\xa6active\xa4user\xa5u-dup\xa4type\xa6active", "duplicate_field"),
         ("u-baduser", pack({"type": "active", "user": ""}), "bad_user"),
+        # a str whose bytes are not UTF-8: would make get_user_status answer invalid JSON
+        ("u-utf8", b"\x83\xa4type\xa6active\xa4user\xa6u-utf8\xa5state\xa2\xc0\xaf", "bad_utf8"),
     ]
     for key, value, _ in cases:
         ns.producer.send(value, key=key)

@@ -18,7 +18,8 @@ import time
 
 import requests
 
-from conftest import EventStream, KAFKA, api, now_ms, status, statuses, wait_no_loss, wait_until
+from conftest import (EventStream, KAFKA, KafkaProducer, api, create_topics, deep_merge, delete_topics, now_ms,
+                      status, statuses, wait_no_loss, wait_until)
 
 LONG = os.environ.get("USERSTATUS_LONG") == "1"
 # Fast failure detection for the group: the broker's minimum session timeout is 6 s. Without this,
@@ -183,6 +184,131 @@ def test_frozen_redis_gives_timeouts_not_a_stuck_service(ns, private_redis):
     assert resume <= 5.0
     report("frozen_redis", frozen_seconds="%.1f" % frozen, get_answer_seconds_max="%.2f" % max(times),
            health_answer_seconds="%.2f" % health_s, resume_after_thaw_seconds="%.2f" % resume, lost=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Redis out of the owner's reach for longer than max.poll.interval.ms
+
+
+def metric(proc, name):
+    """The value of one unlabelled metric of a worker (None when absent)."""
+    for line in requests.get(proc.metrics_url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def test_worker_cut_off_from_redis_never_undoes_newer_writes(ns, redis_proxy):
+    """The owner of a partition cannot reach Redis for longer than max.poll.interval.ms (everything
+    else can). Whatever the group does meanwhile (before the fix it evicted the stuck owner and the
+    other worker applied the newer events), the owner must never write its old batch after the
+    newer events: a stale delete would erase a newer status, a stale state overwrite a newer one."""
+    topic = ns.topic + "_one"
+    create_topics([topic], partitions=1)  # one partition: one owner, one idle member
+    try:
+        props = dict(FAST_GROUP, **{"max.poll.interval.ms": "10000"})
+        base = ns.config(kafka={"topic": topic, "properties": props},
+                         user_status={"redis_io_timeout": "1s", "redis_connect_timeout": "500ms"})
+        owner = ns.start_worker(worker_cfg(ns, deep_merge(base, {"user_status": {"redis_address": redis_proxy.addr}})))
+        wait_until(lambda: metric(owner, "userstatus_worker_assigned_partitions") == 1, timeout=30,
+                   what="the first worker to own the partition")
+        other = ns.start_worker(worker_cfg(ns, base))
+        wait_until(lambda: metric(other, "userstatus_worker_rebalances_total") >= 1, timeout=30,
+                   what="the second worker to join the group")
+        assert metric(owner, "userstatus_worker_assigned_partitions") == 1
+        q = ns.start_query(base)
+        p = KafkaProducer(topic)
+        t0 = now_ms() - 60_000
+        p.event("active", "gone", t0)
+        p.event("active", "moody", t0, state="old")
+        p.flush()
+        wait_until(lambda: statuses(q.url, ["gone", "moody"]) == [
+            {"user": "gone", "active": t0 // 1000}, {"user": "moody", "active": t0 // 1000, "state": "old"}],
+            what="the first events to be applied")
+
+        redis_proxy.cut()
+        p.event("delete", "gone")
+        p.event("active", "moody", t0 + 1000, state="stale")
+        p.event("active", "once", t0 + 1000)  # its only event: must not be lost by any rewind
+        p.flush()
+        wait_until(lambda: requests.get(owner.metrics_url + "/health", timeout=5).status_code == 503,
+                   timeout=15, what="the owner to report Redis out of reach")
+        time.sleep(12)  # past max.poll.interval.ms
+        p.event("active", "gone", t0 + 2000, state="back")
+        p.event("active", "moody", t0 + 2000, state="new")
+        p.flush()
+        expected = [{"user": "gone", "active": (t0 + 2000) // 1000, "state": "back"},
+                    {"user": "moody", "active": (t0 + 2000) // 1000, "state": "new"},
+                    {"user": "once", "active": (t0 + 1000) // 1000}]
+        try:  # whoever owns the partition while the first owner is cut off may apply them now
+            wait_until(lambda: statuses(q.url, ["gone", "moody", "once"]) == expected, timeout=10)
+        except AssertionError:
+            pass
+        redis_proxy.restore()
+        wait_until(lambda: requests.get(owner.metrics_url + "/health", timeout=5).status_code == 200,
+                   timeout=20, what="the first worker to reach Redis again")
+        wait_until(lambda: statuses(q.url, ["gone", "moody", "once"]) == expected, timeout=20,
+                   what="the newest events to be applied")
+        time.sleep(5)  # a stale batch still retried by the first worker lands within its 2 s backoff
+        assert statuses(q.url, ["gone", "moody", "once"]) == expected
+        assert owner.alive() and other.alive()
+    finally:
+        delete_topics([topic])
+
+
+def test_rebalance_while_the_owner_cannot_reach_redis_loses_nothing_and_undoes_nothing(ns, redis_proxy):
+    """The owner of both partitions cannot reach Redis when a second worker joins: the owner must
+    give one partition up without writing its stale events (the newcomer applies them, then newer
+    ones), keep the other partition's events (rewound, applied once Redis is back), and never write
+    its old batch over the newer events."""
+    topic = ns.topic + "_two"
+    create_topics([topic], partitions=2)
+    try:
+        props = dict(FAST_GROUP, **{"max.poll.interval.ms": "10000"})
+        base = ns.config(kafka={"topic": topic, "properties": props},
+                         user_status={"redis_io_timeout": "1s", "redis_connect_timeout": "500ms"})
+        owner = ns.start_worker(worker_cfg(ns, deep_merge(base, {"user_status": {"redis_address": redis_proxy.addr}})))
+        wait_until(lambda: metric(owner, "userstatus_worker_assigned_partitions") == 2, timeout=30,
+                   what="the first worker to own both partitions")
+        q = ns.start_query(base)
+        p = KafkaProducer(topic)
+        t0 = now_ms() - 60_000
+        moody = ["m-%d" % i for i in range(8)]  # several users: both partitions get some
+        once = ["o-%d" % i for i in range(8)]
+        for u in moody:
+            p.event("active", u, t0, state="old")
+        p.flush()
+        assert {part for part, _, _ in p.delivered} == {0, 1}
+        wait_until(lambda: all(s.get("state") == "old" for s in statuses(q.url, moody)),
+                   what="the first events to be applied")
+
+        redis_proxy.cut()
+        for u in moody:
+            p.event("active", u, t0 + 1000, state="stale")
+        for u in once:
+            p.event("online", u, t0 + 1000)  # their only events
+        p.flush()
+        wait_until(lambda: requests.get(owner.metrics_url + "/health", timeout=5).status_code == 503,
+                   timeout=15, what="the owner to report Redis out of reach")
+        other = ns.start_worker(worker_cfg(ns, base))
+        wait_until(lambda: metric(other, "userstatus_worker_assigned_partitions") >= 1, timeout=40,
+                   what="the second worker to get a partition")
+        for u in moody:
+            p.event("active", u, t0 + 2000, state="new")
+        p.flush()
+        expected = ([{"user": u, "active": (t0 + 2000) // 1000, "state": "new"} for u in moody]
+                    + [{"user": u, "online": (t0 + 1000) // 1000} for u in once])
+        time.sleep(8)  # the newcomer applies its partition's events meanwhile
+        redis_proxy.restore()
+        wait_until(lambda: requests.get(owner.metrics_url + "/health", timeout=5).status_code == 200,
+                   timeout=20, what="the first worker to reach Redis again")
+        wait_until(lambda: statuses(q.url, moody + once) == expected, timeout=30,
+                   what="every newest event applied, none lost")
+        time.sleep(5)  # a stale batch still retried by the first worker lands within its 2 s backoff
+        assert statuses(q.url, moody + once) == expected
+        assert owner.alive() and other.alive()
+    finally:
+        delete_topics([topic])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """Operations: TTL, /health and /metrics, behaviour when Kafka is unreachable, worker restarts."""
 import random
 import re
+import socket
 import time
 
 import requests
 
-from conftest import api, now_ms, status, statuses, wait_until
+from conftest import BUILD, WORKER_BIN, Proc, api, child_env, free_port, now_ms, status, statuses, wait_until
 
 PROM_SAMPLE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? [-+0-9.eEaNInf]+( -?[0-9]+)?$")
 
@@ -61,14 +62,50 @@ def test_health_and_metrics_of_both_programs(ns, stack):
         check_metrics(base)
 
 
-def test_metrics_change_after_traffic(ns, stack):
+def metric_values(url):
+    """{sample name with labels: value} of a /metrics page (the page is checked as check_metrics does)."""
+    out = {}
+    for ln in check_metrics(url).splitlines():
+        if ln and not ln.startswith("#"):
+            name, value = ln.split(" ")[:2]
+            out[name] = float(value)
+    return out
+
+
+def delta(before, after, name):
+    return after.get(name, 0) - before.get(name, 0)
+
+
+def test_metrics_count_exactly_the_test_traffic(ns, stack):
+    """Each counter moves by exactly what the test's own requests should move it by. Every HTTP
+    request of the query service is counted when it arrives, the /metrics request included: the
+    second read counts itself (the first read's count is already in its own page)."""
     w, q = stack
-    before_q = check_metrics(q.url)
-    before_w = check_metrics(w.metrics_url)
-    assert api(q.url, "update_user_status", {"users": ["m-1"]}).json() == {"result": {}}
-    wait_until(lambda: "active" in status(q.url, "m-1"), what="m-1 applied")
-    assert check_metrics(q.url) != before_q
-    wait_until(lambda: check_metrics(w.metrics_url) != before_w, what="worker metrics to change")
+    before_q = metric_values(q.url)
+    before_w = metric_values(w.metrics_url)
+    updates = [["m-1"], ["m-2", "m-3"], ["m-4"]]
+    gets = [["m-1", "m-2"], ["nobody"]]
+    for users in updates:
+        assert api(q.url, "update_user_status", {"users": users}).json() == {"result": {}}
+    for users in gets:
+        assert "result" in api(q.url, "get_user_status", {"users": users}).json()
+    after_q = metric_values(q.url)
+    assert delta(before_q, after_q, "userstatus_query_http_requests_total") == len(updates) + len(gets) + 1
+    assert delta(before_q, after_q, 'userstatus_query_commands_total{method="update_user_status"}') == len(updates)
+    assert delta(before_q, after_q, 'userstatus_query_commands_total{method="get_user_status"}') == len(gets)
+    assert delta(before_q, after_q, 'userstatus_query_commands_total{method="delete_user_status"}') == 0
+    assert delta(before_q, after_q, "userstatus_query_events_acknowledged_total") == 4
+    assert delta(before_q, after_q, "userstatus_query_users_read_total") == 3
+    assert delta(before_q, after_q, "userstatus_query_events_failed_total") == 0
+
+    applied = 'userstatus_worker_events_total{result="applied"}'
+    wait_until(lambda: delta(before_w, metric_values(w.metrics_url), applied) >= 4,
+               what="the worker to apply the 4 events")
+    time.sleep(1)  # anything beyond the test's 4 events would show now
+    after_w = metric_values(w.metrics_url)
+    assert delta(before_w, after_w, applied) == 4
+    assert delta(before_w, after_w, 'userstatus_worker_events_total{result="dead_lettered"}') == 0
+    assert delta(before_w, after_w, "userstatus_worker_redis_errors_total") == 0
 
 
 def test_update_answers_error_100_when_kafka_is_unreachable(ns):
@@ -141,3 +178,36 @@ def test_two_workers_share_partitions(ns):
     ns.producer.flush()
     wait_until(lambda: statuses(q.url, users) == [{"user": u, "active": t // 1000} for u in users],
                timeout=40, what="100 users applied by two workers")
+
+
+def consecutive_free_ports(n):
+    """A port p such that p .. p+n-1 are all free now (children of --processes n use them)."""
+    for _ in range(100):
+        p = free_port()
+        try:
+            for i in range(1, n):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind(("127.0.0.1", p + i))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no %d consecutive free ports" % n)
+
+
+def test_supervisor_starts_a_worker_process_whose_fork_failed(ns):
+    """--processes 2 while the first fork() fails (as at the user's process limit): the supervisor
+    tries that child again after its restart delay, both children serve, and SIGTERM stops all."""
+    port = consecutive_free_ports(2)
+    cfg = ns.config(worker={"metrics_port": port, "processes": 2})
+    env = child_env()
+    env["LD_PRELOAD"] = str(BUILD / "tests" / "libus_fail_fork.so")
+    env["US_TEST_FAIL_FORKS"] = "1"
+    env["ASAN_OPTIONS"] = (env.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0").lstrip(":")
+    sup = Proc("userstatus-worker", [str(WORKER_BIN), "--config", str(ns.write_config(cfg))],
+               str(ns.tmp / "supervisor.log"), env)
+    ns.procs.append(sup)
+    for i in range(2):
+        sup.wait_health("http://127.0.0.1:%d/health" % (port + i))
+    assert "starting worker process 0: fork: Resource temporarily unavailable" in sup.log(), sup.log()[-3000:]
+    sup.stop_ok()
+

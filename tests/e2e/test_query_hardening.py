@@ -156,3 +156,54 @@ def test_crafted_hash_collision_does_not_suppress_another_users_event(ns):
     assert json_200(proxy(q.url, "rpc", rpc_body(a))) == {"result": {}}  # a real repeat
     assert metric(q.url, "userstatus_query_proxy_debounced_total") == 1
     assert metric(q.url, 'userstatus_query_proxy_events_acknowledged_total{type="active"}') == 2
+
+
+def test_metrics_are_open_on_the_api_port_by_default(ns):
+    q = ns.start_query(ns.config())
+    r = requests.get(q.url + "/metrics", timeout=5)
+    assert r.status_code == 200 and "userstatus_query_http_requests_total" in r.text
+
+
+def test_metrics_require_the_api_key_when_configured(ns):
+    q = ns.start_query(ns.config(query={"metrics_require_key": True}))
+    assert requests.get(q.url + "/metrics", timeout=5).status_code == 401
+    r = requests.get(q.url + "/metrics", headers={"X-API-Key": API_KEY}, timeout=5)
+    assert r.status_code == 200 and "userstatus_query_http_requests_total" in r.text
+    r = requests.get(q.url + "/metrics", headers={"Authorization": "apikey " + API_KEY}, timeout=5)
+    assert r.status_code == 200
+    assert requests.get(q.url + "/health", timeout=5).status_code == 200  # probes need no key
+
+
+def test_metrics_on_a_listener_of_their_own(ns):
+    port = free_port()
+    q = ns.start_query(ns.config(query={"metrics_port": port}))
+    assert requests.get(q.url + "/metrics", timeout=5).status_code == 404
+    r = requests.get("http://127.0.0.1:%d/metrics" % port, timeout=5)
+    assert r.status_code == 200 and "userstatus_query_http_requests_total" in r.text
+    r = requests.get("http://127.0.0.1:%d/health" % port, timeout=5)
+    assert r.status_code == 200
+
+
+def test_latency_histograms_count_exactly_this_tests_requests(ns, stack):
+    _, q = stack
+    for i in range(3):
+        assert api(q.url, "get_user_status", {"users": ["h%d" % i]}).status_code == 200
+    for i in range(2):
+        assert api(q.url, "update_user_status", {"users": ["h%d" % i, "x%d" % i]}).json() == {"result": {}}
+    assert api(q.url, "batch", {"commands": [{"get_user_status": {"users": ["a"]}},
+                                             {"delete_user_status": {"users": ["b"]}}]}).status_code == 200
+    text = requests.get(q.url + "/metrics", timeout=5).text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    dur = 'userstatus_query_request_duration_seconds_count{method="%s",transport="http"}'
+    assert samples[dur % "get_user_status"] == 4
+    assert samples[dur % "update_user_status"] == 2
+    assert samples[dur % "delete_user_status"] == 1
+    assert samples['userstatus_query_request_duration_seconds_bucket{method="get_user_status",transport="http",le="+Inf"}'] == 4
+    assert samples["userstatus_query_produce_ack_seconds_count"] == 5  # 2 updates x 2 users + 1 delete
+    assert samples["userstatus_query_events_acknowledged_total"] == 5
+    assert samples["userstatus_query_requests_in_flight"] == 0
+    assert 'userstatus_query_request_duration_seconds_count{method="online",transport="http"}' not in samples

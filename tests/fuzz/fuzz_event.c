@@ -2,10 +2,11 @@
  *
  * Input layout: byte 0 chooses the Kafka key (0..127: no key; otherwise the next (b0 & 31) bytes
  * are the key), the rest is the message value. Properties checked beyond "no crash, no sanitizer
- * report": an accepted event respects every schema limit, and re-encoding it then decoding the
- * result gives the same fields back. */
+ * report": an accepted event respects every schema limit (its strings are valid UTF-8), and
+ * re-encoding it then decoding the result gives the same fields back. */
 #include "event.h"
 #include "config.h"
+#include "utf8.h"
 #include "fuzz_replay.h"
 
 #include <stdint.h>
@@ -53,6 +54,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(ev.user_len >= 1 && ev.user_len <= US_USER_ID_MAX);
         check(!ev.has_state || ev.state_len <= US_STATE_MAX);
         check(!ev.has_time || ev.time_ms >= 0);
+        check(us_utf8_valid(ev.user, ev.user_len));
+        check(!ev.has_state || us_utf8_valid(ev.state, ev.state_len));
         if (key) check(key_len == ev.user_len && memcmp(kcopy, ev.user, key_len) == 0);
 
         char buf[US_EVENT_ENCODED_MAX];
