@@ -9,10 +9,11 @@
  * request is an `rpc` whose address is the tag. When a call arrives, the queue thread that got it
  * requests a replacement, checks the API key, unpacks the message with protobuf-c, turns it into a
  * call of the command core and starts it. The core runs the commands without blocking anyone and
- * calls on_call_done from one of its threads; there the answer is packed and handed to
- * grpc_call_start_batch (thread-safe) with the rpc as tag again. When that batch completes, a
- * queue thread frees the rpc. The unpacked request owns the user id and state strings the core
- * points at, so it lives as long as the rpc.
+ * calls on_call_done from one of its threads, which only posts the rpc back to the queue (a batch
+ * of no operations); a queue thread packs the answer and starts the batch that sends it, and frees
+ * the rpc when that batch completes. So an rpc is only ever touched by one thread at a time, and
+ * the reader threads, shared with HTTP, never wait for gRPC's packing and writing. The unpacked
+ * request owns the user id and state strings the core points at, so it lives as long as the rpc.
  *
  * Shutdown: grpc_server_shutdown_and_notify stops admitting calls and cancels the requested ones
  * (they complete with ok = 0); grpc_server_cancel_all_calls cancels those in flight. Calls still in
@@ -91,12 +92,19 @@ static const struct method_desc {
 /* What a completion-queue tag points at: an rpc, or the server's shutdown notification. */
 typedef enum tag_kind { TAG_RPC, TAG_SHUTDOWN } tag_kind;
 
+/* Where an rpc is; each stage ends with a completion of the rpc's tag. */
+typedef enum rpc_stage {
+    STAGE_REQUESTED, /* Waiting for a call to arrive. */
+    STAGE_RUNNING,   /* In the core; its done callback posts the rpc back to the queue. */
+    STAGE_ANSWERING, /* The answer's batch was started. */
+} rpc_stage;
+
 /* One call, from its request to its release. */
 typedef struct rpc {
     tag_kind kind; /* TAG_RPC; first member: the rpc is the tag of all its operations. */
     us_grpc *g;
     method_id method;
-    int answering; /* 0: requested, waiting for a call; 1: the answer's batch was started. */
+    rpc_stage stage;
     grpc_call *call;
     gpr_timespec deadline;
     grpc_metadata_array md;
@@ -277,7 +285,7 @@ static void answer(rpc *r, grpc_status_code status, const char *details)
     }
     r->ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
     r->ops[n++].data.recv_close_on_server.cancelled = &r->cancelled;
-    r->answering = 1;
+    r->stage = STAGE_ANSWERING;
     grpc_call_error e = grpc_call_start_batch(r->call, r->ops, n, r, NULL);
     if (e != GRPC_CALL_OK) {
         us_error("grpc: cannot answer a call of %s: grpc_call_error %d",
@@ -440,15 +448,28 @@ static void answer_batch(rpc *r)
     answer(r, GRPC_STATUS_OK, NULL);
 }
 
-/* The core's done callback (any thread), or called directly when the call completed at start. */
-static void on_call_done(us_call *call, void *arg)
+/* Packs and sends the answer of a call the core completed (queue thread). */
+static void answer_result(rpc *r)
 {
-    (void)call;
-    rpc *r = arg;
     if (r->method == M_BATCH)
         answer_batch(r);
     else
         answer_single(r);
+}
+
+/* The core's done callback (a producer, reader or deadline thread). It only posts the rpc back to
+ * the completion queue (a batch of no operations completes at once): packing and sending the
+ * answer there keeps that work off the reader threads, whose next Redis round trip would wait for
+ * it, and spreads it over the queue threads. */
+static void on_call_done(us_call *call, void *arg)
+{
+    (void)call;
+    rpc *r = arg;
+    grpc_call_error e = grpc_call_start_batch(r->call, NULL, 0, r, NULL);
+    if (e != GRPC_CALL_OK) { /* Not expected: answer from here instead. */
+        us_warn("grpc: cannot post a completed call to the queue: grpc_call_error %d", (int)e);
+        answer_result(r);
+    }
 }
 
 /* Sets core command c from a request's users and state. Returns 0, or -1 when the command failed
@@ -582,9 +603,10 @@ static void serve(rpc *r)
     } else {
         prepare_single(r);
     }
-    /* From here on another thread may answer and free r at any moment. */
+    /* From here on the rpc belongs to the core until its done callback posts it back. */
+    r->stage = STAGE_RUNNING;
     if (us_call_start(r->core_call, call_timeout_ms(r), on_call_done, NULL, r) == 1)
-        on_call_done(r->core_call, r);
+        answer_result(r);
 }
 
 /* Handles one completion (queue thread). */
@@ -595,7 +617,11 @@ static void on_event(us_grpc *g, void *tag, int ok)
         return;
     }
     rpc *r = tag;
-    if (r->answering || !ok) { /* Answered (or cancelled), or a request ended by shutdown. */
+    if (r->stage == STAGE_RUNNING) { /* Posted by on_call_done (ok even when cancelled). */
+        answer_result(r);
+        return;
+    }
+    if (r->stage == STAGE_ANSWERING || !ok) { /* Answered (or cancelled), or ended by shutdown. */
         rpc_free(r);
         return;
     }
