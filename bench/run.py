@@ -186,23 +186,23 @@ def main():
         s100 = wrk_post_script(os.path.join(work, "get100.lua"), json.dumps({"users": users100}))
         sup = wrk_post_script(os.path.join(work, "update.lua"), json.dumps({"users": ["42"]}))
         wrk(base + "/api/update_user_status", 2, sup)  # Warm-up: producer id, metadata, pools.
+        # The gRPC API of the same process right after each HTTP get load (GetUserStatus with the
+        # same number of users), so that both see the same machine; the update load comes last.
+        loader = os.path.join(args.build, "bench", "userstatus-grpc-load")
         results["query_get1_req_per_s"], results["query_get1_p99_ms"], bad1 = wrk(
             base + "/api/get_user_status", args.seconds, s1)
+        g1 = grpc_load(loader, gport, "secret", 1, args.seconds)
         rps100, results["query_get100_p99_ms"], bad100 = wrk(
             base + "/api/get_user_status", args.seconds, s100)
         results["query_get100_users_per_s"] = rps100 * 100
-        results["query_update_req_per_s"], results["query_update_p99_ms"], badup = wrk(
-            base + "/api/update_user_status", args.seconds, sup)
-        results["query_non_2xx"] = bad1 + bad100 + badup
-
-        # --- the gRPC API of the same process: GetUserStatus, 1 and 100 users per call ----------
-        loader = os.path.join(args.build, "bench", "userstatus-grpc-load")
-        g1 = grpc_load(loader, gport, "secret", 1, args.seconds)
         g100 = grpc_load(loader, gport, "secret", 100, args.seconds)
         results["grpc_get1_calls_per_s"], results["grpc_get1_p99_ms"] = g1["calls_per_s"], g1["p99_ms"]
         results["grpc_get100_users_per_s"] = g100["users_per_s"]
         results["grpc_get100_p99_ms"] = g100["p99_ms"]
         results["grpc_failed_calls"] = g1["failed"] + g100["failed"]
+        results["query_update_req_per_s"], results["query_update_p99_ms"], badup = wrk(
+            base + "/api/update_user_status", args.seconds, sup)
+        results["query_non_2xx"] = bad1 + bad100 + badup
         results["query_peak_rss_mb"] = rss_mb(query.pid)
 
         # --- worker: pre-produce unique-user events, then time their consumption -------------
