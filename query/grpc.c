@@ -15,10 +15,12 @@
  * the reader threads, shared with HTTP, never wait for gRPC's packing and writing. The unpacked
  * request owns the user id and state strings the core points at, so it lives as long as the rpc.
  *
- * Shutdown: grpc_server_shutdown_and_notify stops admitting calls and cancels the requested ones
- * (they complete with ok = 0); grpc_server_cancel_all_calls cancels those in flight. Calls still in
- * the core are answered when it completes them (at once when it was quiesced), into a cancelled
- * call. The server reports shutdown once every call is released; then the queue is drained. */
+ * Shutdown: grpc_server_shutdown_and_notify stops admitting calls, cancels the requested ones (they
+ * complete with ok = 0) and sends GOAWAY. The core was quiesced first, so the calls in flight are
+ * being answered; for up to STOP_GRACE_MS those answers reach their clients and idle clients close
+ * their connections, then grpc_server_cancel_all_calls ends whatever is left (a call the core still
+ * runs is answered, into a cancelled call, when it completes). The server reports shutdown once
+ * every call is released; then the queue is drained. */
 #include "grpc.h"
 
 #include "api.h"
@@ -40,12 +42,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SERVICE_PREFIX "/centrifugal.centrifugo.api.CentrifugoApi/"
 #define REQUESTS_AHEAD 8        /* Calls requested in advance per method. */
 #define CQ_WAKEUP_MS 200        /* Longest sleep of the queue thread: bounds noticing the end. */
 #define PEM_FILE_MAX (1 << 20)  /* Bytes of a TLS certificate or key file. */
+#define STOP_GRACE_MS 1000      /* At stop, time for answers in flight and idle clients to go. */
 #define ERROR_TRAILER "x-userstatus-error" /* Why a call failed, for this client (ASCII). */
 
 /* Shorter names for the generated types. */
@@ -837,6 +841,13 @@ void us_grpc_stop(us_grpc *g)
     atomic_store(&g->stopping, 1);
     if (g->started) {
         grpc_server_shutdown_and_notify(g->server, g->cq, &g->shutdown_tag);
+        /* The core was quiesced: the answers of the calls in flight are on their way. Let them
+         * reach the clients (GOAWAY lets idle clients close) before cancelling what is left. */
+        struct timespec pause = {0, 10 * 1000 * 1000};
+        for (int waited = 0; g->nthreads > 0 && !atomic_load(&g->shutdown_seen) &&
+                             waited < STOP_GRACE_MS;
+             waited += 10)
+            nanosleep(&pause, NULL);
         grpc_server_cancel_all_calls(g->server);
         if (g->nthreads > 0) {
             for (size_t i = 0; i < g->nthreads; i++) pthread_join(g->threads[i], NULL);

@@ -402,6 +402,33 @@ def test_other_centrifugo_methods_are_unimplemented(ns, gquery):
 
 
 # --------------------------------------------------------------------------------------------------
+# shutdown
+
+
+def test_stop_answers_the_calls_in_flight(ns, private_redis):
+    """SIGTERM while gets wait for a frozen Redis: each call is answered (error 100, the core's
+    shutdown answer), not cut off, and the query exits 0 at once."""
+    cfg = grpc_config(ns)
+    cfg["user_status"]["redis_address"] = private_redis.addr
+    q, c = start(ns, cfg)
+    assert c.get(["a"]) == [US("a")]
+    private_redis.freeze()
+    try:
+        futures = [c.stub.GetUserStatus.future(pb.GetUserStatusRequest(users=["f%d" % i]),
+                                               metadata=c.metadata(), timeout=30) for i in range(20)]
+        time.sleep(0.5)
+        assert not any(f.done() for f in futures)  # all of them wait for Redis
+        t0 = time.monotonic()
+        assert q.stop() == 0, q.log()[-4000:]
+        took = time.monotonic() - t0
+        assert [f.result(timeout=5) for f in futures] == [pb.GetUserStatusResponse(error=INTERNAL)] * 20
+    finally:
+        private_redis.thaw()
+    assert took < 5, took
+    c.close()
+
+
+# --------------------------------------------------------------------------------------------------
 # TLS
 
 
