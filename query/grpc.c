@@ -490,6 +490,7 @@ static int set_command(us_grpc *g, us_cmd *c, us_cmd_kind kind, char **users, si
     size_t state_len = state ? strlen(state) : 0;
     int rc = us_cmd_set(g->core, c, kind, refs, n, state_len ? state : NULL, state_len,
                         state_len > 0);
+    c->kind = kind; /* A refused command still counts in its method's metrics, as for HTTP. */
     free(refs);
     return rc;
 }
