@@ -20,9 +20,10 @@ int us_grpc_check_config(const us_config *cfg, char *err, size_t errlen);
  * with err set. */
 us_grpc *us_grpc_start(const us_config *cfg, us_core *core, char *err, size_t errlen);
 
-/* Shuts the server down: no new calls, calls in flight cancelled; waits until every call the core
- * still runs has completed (bounded by the core's deadlines: quiesce the core first to stop at
- * once), drains the completion queue and frees. Accepts NULL. */
+/* Shuts the server down: no new calls; the answers in flight get up to a second to reach their
+ * clients, then what is left is cancelled; waits until every call the core still runs has
+ * completed (bounded by the core's deadlines: quiesce the core first, so that every call is
+ * answered and the stop is immediate), drains the completion queue and frees. Accepts NULL. */
 void us_grpc_stop(us_grpc *g);
 
 #endif
