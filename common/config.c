@@ -126,6 +126,7 @@ static const key_desc keys[] = {
     {"grpc_api.error_mode", KEY_STR, F(grpc_api.error_mode), "", 0, 0},
     {"grpc_api.max_receive_message_size", KEY_INT, F(grpc_api.max_receive_message_size),
      "4194304", 1024, 1 << 30},
+    {"grpc_api.reflection", KEY_BOOL, F(grpc_api.reflection), "false", 0, 0},
     {"grpc_api.tls.enabled", KEY_BOOL, F(grpc_api.tls.enabled), "false", 0, 0},
     {"grpc_api.tls.cert_pem", KEY_STR, F(grpc_api.tls.cert_pem), "", 0, 0},
     {"grpc_api.tls.key_pem", KEY_STR, F(grpc_api.tls.key_pem), "", 0, 0},

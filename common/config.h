@@ -104,6 +104,7 @@ typedef struct us_config {
         char *key;        /* "authorization: apikey <key>"; empty only with api_insecure. */
         char *error_mode; /* "" (errors in the response) or "transport" (gRPC statuses). */
         int max_receive_message_size; /* Bytes. */
+        bool reflection;              /* Serve gRPC server reflection (grpcurl list). */
         struct {
             bool enabled;
             char *cert_pem; /* PEM text, or the path of a PEM file. */

@@ -25,6 +25,7 @@
 
 #include "api.h"
 #include "centrifugo_api.pb-c.h"
+#include "grpc_reflection.pb-c.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -51,6 +52,16 @@
 #define PEM_FILE_MAX (1 << 20)  /* Bytes of a TLS certificate or key file. */
 #define STOP_GRACE_MS 1000      /* At stop, time for answers in flight and idle clients to go. */
 #define ERROR_TRAILER "x-userstatus-error" /* Why a call failed, for this client (ASCII). */
+#define API_FILE_NAME "centrifugo_api.proto" /* As protoc names it in the descriptor. */
+#define API_PACKAGE_PREFIX "centrifugal.centrifugo.api."
+#define REFLECTION_SERVICE "grpc.reflection.v1alpha.ServerReflection"
+#define REFLECTION_NOT_FOUND 5    /* gRPC status codes, in reflection's error_response. */
+#define REFLECTION_UNIMPLEMENTED 12
+
+/* protoc's FileDescriptorSet of schemas/centrifugo_api.proto, embedded at build time
+ * (query/CMakeLists.txt, embed.cmake). */
+extern const unsigned char us_api_descriptor_set[];
+extern const size_t us_api_descriptor_set_len;
 
 /* Shorter names for the generated types. */
 typedef Centrifugal__Centrifugo__Api__Error PbError;
@@ -74,6 +85,7 @@ typedef enum method_id {
     M_GET,
     M_DELETE,
     M_BATCH,
+    M_REFLECTION, /* Registered only with grpc_api.reflection. */
     NMETHODS,
     M_OTHER = NMETHODS, /* Any method not registered: UNIMPLEMENTED. */
 } method_id;
@@ -81,7 +93,7 @@ typedef enum method_id {
 static const struct method_desc {
     const char *path;
     const char *name;
-    const ProtobufCMessageDescriptor *request;
+    const ProtobufCMessageDescriptor *request; /* NULL: a stream, read message by message. */
 } methods[NMETHODS] = {
     [M_UPDATE] = {SERVICE_PREFIX "UpdateUserStatus", "UpdateUserStatus",
                   &centrifugal__centrifugo__api__update_user_status_request__descriptor},
@@ -91,6 +103,7 @@ static const struct method_desc {
                   &centrifugal__centrifugo__api__delete_user_status_request__descriptor},
     [M_BATCH] = {SERVICE_PREFIX "Batch", "Batch",
                  &centrifugal__centrifugo__api__batch_request__descriptor},
+    [M_REFLECTION] = {"/" REFLECTION_SERVICE "/ServerReflectionInfo", "ServerReflectionInfo", NULL},
 };
 
 /* What a completion-queue tag points at: an rpc, or the server's shutdown notification. */
@@ -100,6 +113,7 @@ typedef enum tag_kind { TAG_RPC, TAG_SHUTDOWN } tag_kind;
 typedef enum rpc_stage {
     STAGE_REQUESTED, /* Waiting for a call to arrive. */
     STAGE_RUNNING,   /* In the core; its done callback posts the rpc back to the queue. */
+    STAGE_STREAMING, /* Reflection: a batch reading the next request (and sending a reply). */
     STAGE_ANSWERING, /* The answer's batch was started. */
 } rpc_stage;
 
@@ -110,7 +124,7 @@ typedef struct rpc {
     method_id method;
     rpc_stage stage;
     grpc_call *call;
-    gpr_timespec deadline;
+    gpr_timespec deadline; /* The client's; filled by the server, not used (see serve). */
     grpc_metadata_array md;
     grpc_call_details details; /* M_OTHER only. */
     grpc_byte_buffer *payload;
@@ -126,6 +140,7 @@ typedef struct rpc {
     grpc_metadata trailer;
     int has_trailer;
     int cancelled;
+    int sent_initial_md;
 } rpc;
 
 struct us_grpc {
@@ -142,6 +157,7 @@ struct us_grpc {
     atomic_int stopping;
     atomic_size_t live; /* rpcs allocated and not freed. */
     char *auth;         /* The whole expected authorization value, NULL: no check. */
+    Grpc__Reflection__V1alpha__DescriptorSetBytes *api_files; /* With reflection. */
     int transport_default;
     us_metric *m_calls[NMETHODS + 1], *m_unauthenticated, *m_malformed;
 };
@@ -188,17 +204,6 @@ static grpc_status_code transport_status(int code)
     }
 }
 
-/* How long the core may take: the client's deadline, bounded by query.request_timeout. */
-static int64_t call_timeout_ms(const rpc *r)
-{
-    int64_t limit = r->g->cfg->query.request_timeout_ms;
-    gpr_timespec dl = gpr_convert_clock_type(r->deadline, GPR_CLOCK_MONOTONIC);
-    if (gpr_time_cmp(dl, gpr_inf_future(GPR_CLOCK_MONOTONIC)) >= 0) return limit;
-    int64_t left = gpr_time_to_millis(gpr_time_sub(dl, gpr_now(GPR_CLOCK_MONOTONIC)));
-    if (left < 1) left = 1;
-    return left < limit ? left : limit;
-}
-
 /* ---------------------------------------------------------------------------------------------
  * Requests and answers.
  * ------------------------------------------------------------------------------------------ */
@@ -238,8 +243,9 @@ static int request_call(us_grpc *g, method_id m)
         e = grpc_server_request_call(g->server, &r->call, &r->details, &r->md, g->cq, g->cq, r);
     } else {
         e = grpc_server_request_registered_call(g->server, g->registered[m], &r->call,
-                                                &r->deadline, &r->md, &r->payload, g->cq, g->cq,
-                                                r);
+                                                &r->deadline, &r->md,
+                                                methods[m].request ? &r->payload : NULL, g->cq,
+                                                g->cq, r);
     }
     if (e != GRPC_CALL_OK) {
         us_error("grpc: cannot request a call of %s: grpc_call_error %d",
@@ -270,7 +276,7 @@ static void answer(rpc *r, grpc_status_code status, const char *details)
 {
     size_t n = 0;
     memset(r->ops, 0, sizeof(r->ops));
-    r->ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+    if (!r->sent_initial_md) r->ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
     if (r->resp) {
         r->ops[n].op = GRPC_OP_SEND_MESSAGE;
         r->ops[n++].data.send_message.send_message = r->resp;
@@ -578,6 +584,133 @@ static void prepare_single(rpc *r)
     }
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Server reflection (grpc.reflection.v1alpha), so that grpcurl works without the .proto.
+ *
+ * A bidirectional stream: each batch sends the reply to the previous request (none the first time)
+ * and reads the next one; when the client closes its side, the status ends the call. Served: the
+ * list of services, and the API's file descriptor by file name or by any symbol of its package.
+ * ------------------------------------------------------------------------------------------ */
+
+typedef Grpc__Reflection__V1alpha__ServerReflectionRequest PbReflRequest;
+typedef Grpc__Reflection__V1alpha__ServerReflectionResponse PbReflResponse;
+#define REQ_(x) GRPC__REFLECTION__V1ALPHA__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_##x
+#define RESP_(x) GRPC__REFLECTION__V1ALPHA__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_##x
+
+/* Starts the stream's next batch: the pending reply (r->resp, if any) and the read of the next
+ * request into r->payload. */
+static void reflection_next(rpc *r)
+{
+    size_t n = 0;
+    memset(r->ops, 0, sizeof(r->ops));
+    if (!r->sent_initial_md) {
+        r->ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+        r->sent_initial_md = 1;
+    }
+    if (r->resp) {
+        r->ops[n].op = GRPC_OP_SEND_MESSAGE;
+        r->ops[n++].data.send_message.send_message = r->resp;
+    }
+    r->ops[n].op = GRPC_OP_RECV_MESSAGE;
+    r->ops[n++].data.recv_message.recv_message = &r->payload;
+    r->stage = STAGE_STREAMING;
+    grpc_call_error e = grpc_call_start_batch(r->call, r->ops, n, r, NULL);
+    if (e != GRPC_CALL_OK) {
+        us_error("grpc: cannot continue a reflection stream: grpc_call_error %d", (int)e);
+        rpc_free(r);
+    }
+}
+
+/* Packs the reply to one reflection request into r->resp. */
+static void reflection_reply(rpc *r, PbReflRequest *q)
+{
+    const us_grpc *g = r->g;
+    PbReflResponse resp = GRPC__REFLECTION__V1ALPHA__SERVER_REFLECTION_RESPONSE__INIT;
+    Grpc__Reflection__V1alpha__ServiceResponse services[2] = {
+        GRPC__REFLECTION__V1ALPHA__SERVICE_RESPONSE__INIT,
+        GRPC__REFLECTION__V1ALPHA__SERVICE_RESPONSE__INIT};
+    Grpc__Reflection__V1alpha__ServiceResponse *service_ptrs[2] = {&services[0], &services[1]};
+    Grpc__Reflection__V1alpha__ListServiceResponse list =
+        GRPC__REFLECTION__V1ALPHA__LIST_SERVICE_RESPONSE__INIT;
+    Grpc__Reflection__V1alpha__FileDescriptorResponse files =
+        GRPC__REFLECTION__V1ALPHA__FILE_DESCRIPTOR_RESPONSE__INIT;
+    Grpc__Reflection__V1alpha__ErrorResponse error =
+        GRPC__REFLECTION__V1ALPHA__ERROR_RESPONSE__INIT;
+    resp.valid_host = q->host;
+    resp.original_request = q;
+    const char *name = NULL; /* The file or symbol asked for. */
+    switch (q->message_request_case) {
+    case REQ_(LIST_SERVICES):
+        services[0].name = "centrifugal.centrifugo.api.CentrifugoApi";
+        services[1].name = REFLECTION_SERVICE;
+        list.n_service = 2;
+        list.service = service_ptrs;
+        resp.message_response_case = RESP_(LIST_SERVICES_RESPONSE);
+        resp.list_services_response = &list;
+        break;
+    case REQ_(FILE_BY_FILENAME):
+    case REQ_(FILE_CONTAINING_SYMBOL):
+        name = q->message_request_case == REQ_(FILE_BY_FILENAME) ? q->file_by_filename
+                                                                 : q->file_containing_symbol;
+        if (strcmp(name, API_FILE_NAME) == 0 ||
+            strncmp(name, API_PACKAGE_PREFIX, strlen(API_PACKAGE_PREFIX)) == 0) {
+            files.n_file_descriptor_proto = g->api_files->n_file;
+            files.file_descriptor_proto = g->api_files->file;
+            resp.message_response_case = RESP_(FILE_DESCRIPTOR_RESPONSE);
+            resp.file_descriptor_response = &files;
+            break;
+        }
+        error.error_code = REFLECTION_NOT_FOUND;
+        error.error_message = "not found (only the files and symbols of centrifugo_api.proto)";
+        resp.message_response_case = RESP_(ERROR_RESPONSE);
+        resp.error_response = &error;
+        break;
+    default: /* Extensions: proto3 has none to offer. */
+        error.error_code = REFLECTION_UNIMPLEMENTED;
+        error.error_message = "not supported";
+        resp.message_response_case = RESP_(ERROR_RESPONSE);
+        resp.error_response = &error;
+        break;
+    }
+    set_message(r, &resp.base);
+}
+
+/* A batch of a reflection stream completed (queue thread). */
+static void reflection_step(rpc *r, int ok)
+{
+    if (r->resp) {
+        grpc_byte_buffer_destroy(r->resp);
+        r->resp = NULL;
+    }
+    if (!ok) { /* The call is over (cancelled, or the connection went away). */
+        answer(r, GRPC_STATUS_CANCELLED, NULL);
+        return;
+    }
+    if (!r->payload) { /* The client closed its side: end the call. */
+        answer(r, GRPC_STATUS_OK, NULL);
+        return;
+    }
+    grpc_byte_buffer_reader rd;
+    PbReflRequest *q = NULL;
+    if (grpc_byte_buffer_reader_init(&rd, r->payload)) {
+        grpc_slice s = grpc_byte_buffer_reader_readall(&rd);
+        grpc_byte_buffer_reader_destroy(&rd);
+        q = grpc__reflection__v1alpha__server_reflection_request__unpack(
+            NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+        grpc_slice_unref(s);
+    }
+    grpc_byte_buffer_destroy(r->payload);
+    r->payload = NULL;
+    if (!q) {
+        us_metric_add(r->g->m_malformed, 1);
+        answer(r, GRPC_STATUS_INVALID_ARGUMENT, "cannot parse a ServerReflectionRequest");
+        return;
+    }
+    reflection_reply(r, q);
+    grpc__reflection__v1alpha__server_reflection_request__free_unpacked(q, NULL);
+    reflection_next(r);
+}
+
 /* A call of a registered method arrived (queue thread). */
 static void serve(rpc *r)
 {
@@ -586,6 +719,10 @@ static void serve(rpc *r)
     if (!authorized(g, &r->md)) {
         us_metric_add(g->m_unauthenticated, 1);
         answer(r, GRPC_STATUS_UNAUTHENTICATED, "unauthenticated");
+        return;
+    }
+    if (r->method == M_REFLECTION) {
+        reflection_next(r);
         return;
     }
     const grpc_slice *mode = md_get(&r->md, "x-centrifugo-error-mode");
@@ -610,7 +747,13 @@ static void serve(rpc *r)
     }
     /* From here on the rpc belongs to the core until its done callback posts it back. */
     r->stage = STAGE_RUNNING;
-    if (us_call_start(r->core_call, call_timeout_ms(r), on_call_done, NULL, r) == 1)
+    /* The deadline is query.request_timeout, as for HTTP, not the client's (possibly shorter)
+     * one: a call completed by its deadline is answered and freed at once, while its Redis read
+     * may still be queued, pointing at the user ids in r->req (core.h: the strings live only
+     * until the release). A client whose deadline passes first gets DEADLINE_EXCEEDED from its
+     * own gRPC library; the answer then goes to a cancelled call. */
+    if (us_call_start(r->core_call, r->g->cfg->query.request_timeout_ms, on_call_done, NULL, r) ==
+        1)
         answer_result(r);
 }
 
@@ -624,6 +767,10 @@ static void on_event(us_grpc *g, void *tag, int ok)
     rpc *r = tag;
     if (r->stage == STAGE_RUNNING) { /* Posted by on_call_done (ok even when cancelled). */
         answer_result(r);
+        return;
+    }
+    if (r->stage == STAGE_STREAMING) {
+        reflection_step(r, ok);
         return;
     }
     if (r->stage == STAGE_ANSWERING || !ok) { /* Answered (or cancelled), or ended by shutdown. */
@@ -740,6 +887,7 @@ static void register_metrics(us_grpc *g)
         [M_GET] = "userstatus_query_grpc_calls_total{method=\"GetUserStatus\"}",
         [M_DELETE] = "userstatus_query_grpc_calls_total{method=\"DeleteUserStatus\"}",
         [M_BATCH] = "userstatus_query_grpc_calls_total{method=\"Batch\"}",
+        [M_REFLECTION] = "userstatus_query_grpc_calls_total{method=\"ServerReflectionInfo\"}",
         [M_OTHER] = "userstatus_query_grpc_calls_total{method=\"unimplemented\"}",
     };
     for (int m = 0; m <= NMETHODS; m++)
@@ -787,8 +935,17 @@ us_grpc *us_grpc_start(const us_config *cfg, us_core *core, char *err, size_t er
     g->server = grpc_server_create(&chargs, NULL);
     grpc_server_register_completion_queue(g->server, g->cq, NULL);
     for (int m = 0; m < NMETHODS; m++)
-        g->registered[m] = grpc_server_register_method(
-            g->server, methods[m].path, NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+        if (m != M_REFLECTION || cfg->grpc_api.reflection)
+            g->registered[m] = grpc_server_register_method(
+                g->server, methods[m].path, NULL,
+                methods[m].request ? GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER
+                                   : GRPC_SRM_PAYLOAD_NONE,
+                0);
+    if (cfg->grpc_api.reflection) {
+        g->api_files = grpc__reflection__v1alpha__descriptor_set_bytes__unpack(
+            NULL, us_api_descriptor_set_len, us_api_descriptor_set);
+        if (!g->api_files || g->api_files->n_file == 0) abort(); /* Generated at build time. */
+    }
 
     char addr[300];
     const char *host = cfg->grpc_api.address;
@@ -814,7 +971,7 @@ us_grpc *us_grpc_start(const us_config *cfg, us_core *core, char *err, size_t er
     grpc_server_start(g->server);
     g->started = 1;
     for (int m = 0; m <= NMETHODS; m++)
-        for (int i = 0; i < REQUESTS_AHEAD; i++)
+        for (int i = 0; i < REQUESTS_AHEAD && (m == M_OTHER || g->registered[m]); i++)
             if (request_call(g, (method_id)m) != 0) {
                 snprintf(err, errlen, "grpc_api: cannot request calls from the gRPC server");
                 us_grpc_stop(g);
@@ -874,6 +1031,8 @@ void us_grpc_stop(us_grpc *g)
     }
     if (atomic_load(&g->live) > 0)
         us_warn("grpc: %zu call(s) not released at stop", (size_t)atomic_load(&g->live));
+    if (g->api_files)
+        grpc__reflection__v1alpha__descriptor_set_bytes__free_unpacked(g->api_files, NULL);
     free(g->threads);
     free(g->auth);
     free(g);

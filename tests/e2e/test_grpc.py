@@ -16,19 +16,22 @@ from conftest import REPO, free_port, now_ms, wait_until
 
 GRPC_KEY = "grpc-secret"
 PROTO = REPO / "schemas" / "centrifugo_api.proto"
+REFLECTION_PROTO = REPO / "schemas" / "grpc_reflection.proto"
 
 
 def _generate_stubs():
     out = Path(tempfile.mkdtemp(prefix="us-grpc-stubs-"))
+    protos = [str(PROTO), str(REFLECTION_PROTO)]
     r = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", str(PROTO.parent),
-                        "--python_out", str(out), "--grpc_python_out", str(out), str(PROTO)],
+                        "--python_out", str(out), "--grpc_python_out", str(out)] + protos,
                        capture_output=True, text=True)
-    assert r.returncode == 0, "protoc failed on %s:\n%s" % (PROTO, r.stderr)
+    assert r.returncode == 0, "protoc failed on %s:\n%s" % (protos, r.stderr)
     sys.path.insert(0, str(out))
-    return importlib.import_module("centrifugo_api_pb2"), importlib.import_module("centrifugo_api_pb2_grpc")
+    return [importlib.import_module(m) for m in ("centrifugo_api_pb2", "centrifugo_api_pb2_grpc",
+                                                 "grpc_reflection_pb2", "grpc_reflection_pb2_grpc")]
 
 
-pb, pb_grpc = _generate_stubs()
+pb, pb_grpc, refl, refl_grpc = _generate_stubs()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -399,6 +402,52 @@ def test_other_centrifugo_methods_are_unimplemented(ns, gquery):
         assert e.code() == grpc.StatusCode.UNIMPLEMENTED, path
     # and the service still answers
     assert gquery.get(["a"]) == [US("a")]
+
+
+# --------------------------------------------------------------------------------------------------
+# server reflection
+
+
+def test_reflection_lists_the_services_and_serves_the_api_descriptor(ns):
+    from google.protobuf import descriptor_pb2
+
+    q, c = start(ns, grpc_config(ns, reflection=True))
+    stub = refl_grpc.ServerReflectionStub(c.channel)
+    R = refl.ServerReflectionRequest
+    requests = [R(list_services=""), R(file_by_filename="centrifugo_api.proto"),
+                R(file_containing_symbol="centrifugal.centrifugo.api.CentrifugoApi"),
+                R(file_containing_symbol="centrifugal.centrifugo.api.UserStatus"),
+                R(file_by_filename="other.proto"), R(all_extension_numbers_of_type="x.Y")]
+    replies = list(stub.ServerReflectionInfo(iter(requests), metadata=c.metadata(), timeout=15))
+    assert len(replies) == len(requests)
+    assert [r.original_request for r in replies] == requests
+    assert sorted(s.name for s in replies[0].list_services_response.service) == [
+        "centrifugal.centrifugo.api.CentrifugoApi", "grpc.reflection.v1alpha.ServerReflection"]
+    for r in replies[1:4]:
+        (raw,) = r.file_descriptor_response.file_descriptor_proto
+        fd = descriptor_pb2.FileDescriptorProto.FromString(raw)
+        assert (fd.name, fd.package) == ("centrifugo_api.proto", "centrifugal.centrifugo.api")
+        (svc,) = fd.service
+        methods = {m.name: (m.input_type, m.output_type) for m in svc.method}
+        assert methods["GetUserStatus"] == (".centrifugal.centrifugo.api.GetUserStatusRequest",
+                                            ".centrifugal.centrifugo.api.GetUserStatusResponse")
+        assert {"UpdateUserStatus", "DeleteUserStatus", "Batch", "Publish"} <= set(methods)
+    assert replies[4].error_response.error_code == 5  # NOT_FOUND
+    assert replies[5].error_response.error_code == 12  # UNIMPLEMENTED
+    # the key is needed here too
+    e = rpc_error(lambda: list(stub.ServerReflectionInfo(iter([R(list_services="")]), timeout=10)))
+    assert e.code() == grpc.StatusCode.UNAUTHENTICATED
+    # and the API still answers on the same channel
+    assert c.get(["a"]) == [US("a")]
+    c.close()
+
+
+def test_reflection_is_off_by_default(ns, gquery):
+    stub = refl_grpc.ServerReflectionStub(gquery.channel)
+    req = refl.ServerReflectionRequest(list_services="")
+    e = rpc_error(lambda: list(stub.ServerReflectionInfo(iter([req]), metadata=gquery.metadata(),
+                                                         timeout=10)))
+    assert e.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 # --------------------------------------------------------------------------------------------------

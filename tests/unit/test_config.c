@@ -686,6 +686,7 @@ static void test_grpc_api_defaults(void **state)
     assert_string_equal(cfg.grpc_api.key, "");
     assert_string_equal(cfg.grpc_api.error_mode, "");
     assert_int_equal(cfg.grpc_api.max_receive_message_size, 4 * 1024 * 1024);
+    assert_false(cfg.grpc_api.reflection);
     assert_false(cfg.grpc_api.tls.enabled);
     assert_string_equal(cfg.grpc_api.tls.cert_pem, "");
     assert_string_equal(cfg.grpc_api.tls.key_pem, "");
@@ -702,7 +703,7 @@ static void test_grpc_api_section_from_file_and_environment(void **state)
                     "USERSTATUS_GRPC_API_PORT=10001", NULL};
     const char *json = "{\"grpc_api\": {\"enabled\": true, \"address\": \"127.0.0.1\","
                        " \"port\": 11000, \"key\": \"gk\", \"error_mode\": \"transport\","
-                       " \"max_receive_message_size\": 65536,"
+                       " \"max_receive_message_size\": 65536, \"reflection\": true,"
                        " \"tls\": {\"enabled\": true, \"cert_pem\": \"/etc/us/cert.pem\","
                        " \"key_pem\": \"x\"}}}";
     assert_int_equal(load_text(&cfg, json, envp, err, sizeof(err)), 0);
@@ -712,6 +713,7 @@ static void test_grpc_api_section_from_file_and_environment(void **state)
     assert_string_equal(cfg.grpc_api.key, "gk");
     assert_string_equal(cfg.grpc_api.error_mode, "transport");
     assert_int_equal(cfg.grpc_api.max_receive_message_size, 65536);
+    assert_true(cfg.grpc_api.reflection);
     assert_true(cfg.grpc_api.tls.enabled);
     assert_string_equal(cfg.grpc_api.tls.cert_pem, "/etc/us/cert.pem");
     assert_string_equal(cfg.grpc_api.tls.key_pem, "/etc/us/key.pem");
@@ -730,7 +732,8 @@ static void test_bad_grpc_api_values_name_the_key(void **state)
         {"{\"grpc_api\": {\"tls\": {\"enabled\": true}}}", "'grpc_api.tls.cert_pem'"},
         {"{\"grpc_api\": {\"tls\": {\"cert\": \"x\"}}}", "'grpc_api.tls.cert'"},
         {"{\"grpc_api\": {\"tls\": true}}", "'grpc_api.tls'"},
-        {"{\"grpc_api\": {\"reflection\": true}}", "'grpc_api.reflection'"},
+        {"{\"grpc_api\": {\"reflection\": \"yes\"}}", "'grpc_api.reflection'"},
+        {"{\"grpc_api\": {\"reflect\": true}}", "'grpc_api.reflect'"},
         {"{\"tls\": {\"enabled\": true}}", "'tls'"}, /* Only as a section of grpc_api. */
     };
     assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
