@@ -114,11 +114,17 @@ static const key_desc keys[] = {
     {"query.metrics_address", KEY_STR, F(query.metrics_address), "127.0.0.1", 0, 0},
     {"query.metrics_port", KEY_INT, F(query.metrics_port), "0", 0, 65535},
     {"query.metrics_require_key", KEY_BOOL, F(query.metrics_require_key), "false", 0, 0},
+    {"query.status_page", KEY_BOOL, F(query.status_page), "false", 0, 0},
     {"proxy.enabled", KEY_BOOL, F(proxy.enabled), "true", 0, 0},
     {"proxy.rpc_method_prefix", KEY_STR, F(proxy.rpc_method_prefix), "", 0, 0},
     {"proxy.online_interval", KEY_DUR, F(proxy.online_interval_ms), "25s", 1000, DAY_MS},
     {"proxy.active_debounce", KEY_DUR, F(proxy.active_debounce_ms), "1s", 0, 3600 * 1000},
     {"proxy.ack_timeout", KEY_DUR, F(proxy.ack_timeout_ms), "500ms", 10, 60 * 1000},
+    {"changes.enabled", KEY_BOOL, F(changes.enabled), "true", 0, 0},
+    {"changes.topic", KEY_STR, F(changes.topic), "user_status_changes", 0, 0},
+    {"changes.offline_after", KEY_DUR, F(changes.offline_after_ms), "60s", 1000, DAY_MS},
+    {"changes.away_after", KEY_DUR, F(changes.away_after_ms), "5m", 1000, DAY_MS},
+    {"changes.watch_max_streams", KEY_INT, F(changes.watch_max_streams), "10000", 1, 1000000},
     {"grpc_api.enabled", KEY_BOOL, F(grpc_api.enabled), "false", 0, 0},
     {"grpc_api.address", KEY_STR, F(grpc_api.address), "", 0, 0},
     {"grpc_api.port", KEY_INT, F(grpc_api.port), "10000", 1, 65535},
@@ -770,6 +776,11 @@ int us_config_load(us_config *cfg, const char *path, char **envp,
         return fail(err, errlen,
                     "config key 'query.metrics_require_key': applies to /metrics on the API port, "
                     "but 'query.metrics_port' moves /metrics to a listener of its own");
+    if (cfg->changes.topic[0] == '\0' || strcmp(cfg->changes.topic, cfg->kafka.topic) == 0 ||
+        strcmp(cfg->changes.topic, cfg->kafka.dlq_topic) == 0)
+        return fail(err, errlen,
+                    "config key 'changes.topic': must not be empty and must differ from "
+                    "'kafka.topic' and 'kafka.dlq_topic'");
     if (strcmp(cfg->grpc_api.error_mode, "") && strcmp(cfg->grpc_api.error_mode, "transport"))
         return fail(err, errlen,
                     "config key 'grpc_api.error_mode': '%s' is not \"\" or \"transport\"",

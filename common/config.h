@@ -85,6 +85,7 @@ typedef struct us_config {
         char *metrics_address;      /* Separate /metrics + /health listener, with metrics_port. */
         int metrics_port;           /* 0: /metrics is served on the API port instead. */
         bool metrics_require_key;   /* /metrics on the API port asks for the API key. */
+        bool status_page;           /* Serve the status page at /status (query/status_page.h). */
     } query;
 
     /* Centrifugo OSS proxy endpoints of userstatus-query (/centrifugo/rpc, /centrifugo/refresh). */
@@ -95,6 +96,15 @@ typedef struct us_config {
         int64_t active_debounce_ms; /* At most one RPC "active" event per user per this; 0: off. */
         int64_t ack_timeout_ms;     /* Longest wait for the broker before answering anyway. */
     } proxy;
+
+    /* Status changes (online/away/offline transitions) published by the worker. */
+    struct {
+        bool enabled;
+        char *topic;               /* Compacted Kafka topic of change messages. */
+        int64_t offline_after_ms;  /* Offline after this long without any event. */
+        int64_t away_after_ms;     /* Away after this long without an `active` event. */
+        int watch_max_streams;     /* Open watch streams per query process. */
+    } changes;
 
     /* The gRPC server API of userstatus-query (Centrifugo v6's grpc_api section). */
     struct {

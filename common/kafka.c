@@ -143,3 +143,67 @@ int us_kafka_ensure_topics(rd_kafka_t *rk, const us_config *cfg, int timeout_ms,
     rd_kafka_NewTopic_destroy_array(topics, 2);
     return rc;
 }
+
+int us_kafka_ensure_topic(rd_kafka_t *rk, const us_config *cfg, const char *name,
+                          const char *const (*configs)[2], size_t nconfigs, int timeout_ms,
+                          char *err, size_t errlen)
+{
+    char kerr[512];
+    rd_kafka_NewTopic_t *topic = rd_kafka_NewTopic_new(name, cfg->kafka.partitions,
+                                                       cfg->kafka.replication_factor, kerr,
+                                                       sizeof(kerr));
+    if (!topic) {
+        snprintf(err, errlen, "topic '%s': %s", name, kerr);
+        return -1;
+    }
+    for (size_t i = 0; i < nconfigs; i++) {
+        if (rd_kafka_NewTopic_set_config(topic, configs[i][0], configs[i][1])) {
+            snprintf(err, errlen, "topic '%s': cannot set %s=%s", name, configs[i][0],
+                     configs[i][1]);
+            rd_kafka_NewTopic_destroy(topic);
+            return -1;
+        }
+    }
+    rd_kafka_AdminOptions_t *opts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_set_request_timeout(opts, timeout_ms, kerr, sizeof(kerr));
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_CreateTopics(rk, &topic, 1, opts, q);
+
+    int rc = -1;
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, timeout_ms + 2000);
+    if (!ev) {
+        snprintf(err, errlen, "creating topic '%s': no answer from %s within %d ms", name,
+                 cfg->kafka.brokers, timeout_ms);
+    } else if (rd_kafka_event_error(ev)) {
+        snprintf(err, errlen, "creating topic '%s' on %s: %s", name, cfg->kafka.brokers,
+                 rd_kafka_event_error_string(ev));
+    } else {
+        size_t n;
+        const rd_kafka_topic_result_t **results =
+            rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
+        rc = 0;
+        for (size_t i = 0; i < n; i++) {
+            rd_kafka_resp_err_t e = rd_kafka_topic_result_error(results[i]);
+            if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
+                us_info("created topic '%s' (%d partitions, replication %d)", name,
+                        cfg->kafka.partitions, cfg->kafka.replication_factor);
+            } else if (e != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
+                snprintf(err, errlen, "creating topic '%s': %s", name,
+                         rd_kafka_topic_result_error_string(results[i]));
+                rc = -1;
+            }
+        }
+    }
+    if (ev) rd_kafka_event_destroy(ev);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_AdminOptions_destroy(opts);
+    rd_kafka_NewTopic_destroy(topic);
+    return rc;
+}
+
+int us_kafka_ensure_changes_topic(rd_kafka_t *rk, const us_config *cfg, int timeout_ms, char *err,
+                                  size_t errlen)
+{
+    static const char *const configs[][2] = {{"cleanup.policy", "compact"}};
+    return us_kafka_ensure_topic(rk, cfg, cfg->changes.topic, configs, 1, timeout_ms, err, errlen);
+}

@@ -37,4 +37,16 @@ int us_kafka_conf_event_producer(rd_kafka_conf_t *conf, const us_config *cfg,
 int us_kafka_ensure_topics(rd_kafka_t *rk, const us_config *cfg, int timeout_ms, char *err,
                            size_t errlen);
 
+/* Creates one topic `name` when missing, with kafka.partitions partitions, replication
+ * kafka.replication_factor and the nconfigs topic configs given as name/value pairs (e.g.
+ * cleanup.policy=compact). An existing topic is left as it is. Returns 0, or -1 with err set. */
+int us_kafka_ensure_topic(rd_kafka_t *rk, const us_config *cfg, const char *name,
+                          const char *const (*configs)[2], size_t nconfigs, int timeout_ms,
+                          char *err, size_t errlen);
+
+/* Creates the compacted changes topic (changes.topic) when missing: the worker publishes to it, the
+ * query service's watch stream follows it, and whichever starts first creates it. */
+int us_kafka_ensure_changes_topic(rd_kafka_t *rk, const us_config *cfg, int timeout_ms, char *err,
+                                  size_t errlen);
+
 #endif

@@ -29,6 +29,8 @@
 #include "producer.h"
 #include "proxy.h"
 #include "reader.h"
+#include "status_page.h"
+#include "watch.h"
 
 #include <stdatomic.h>
 
@@ -68,6 +70,7 @@ struct us_api {
     us_producer *producer;
     us_reader *reader;
     us_proxy *proxy;
+    us_watch *watch; /* NULL when changes.enabled is false. */
     struct MHD_Daemon *daemon;
     us_admin_http *metrics_http; /* query.metrics_port's listener, or NULL. */
     _Atomic int suspended; /* Requests suspended and not yet answered. */
@@ -374,6 +377,32 @@ static void resume_request(us_call *call, void *arg)
     MHD_resume_connection(req->conn);
 }
 
+/* Answers a request with one error reply (a command that never ran). */
+static enum MHD_Result send_error(request *req, int code, const char *reason)
+{
+    us_api *api = req->api;
+    count_error(api, code);
+    us_jw out = {0};
+    if (transport_mode(req->conn)) {
+        us_jw_error_object(&out, code, us_error_message(code));
+        return send_buffer(req->conn, transport_status(code), out.p, out.len, "application/json",
+                           reason);
+    }
+    write_error(&out, code);
+    return send_buffer(req->conn, MHD_HTTP_OK, out.p, out.len, "application/json", reason);
+}
+
+/* Starts a watch stream (watch.h), or answers why not. */
+static enum MHD_Result start_watch(request *req, json_t *params)
+{
+    us_api *api = req->api;
+    if (!api->watch) return send_error(req, US_ERR_NOT_AVAILABLE, "changes.enabled is false");
+    enum MHD_Result rc;
+    char reason[US_CMD_REASON_MAX];
+    int code = us_watch_start(api->watch, req->conn, params, &rc, reason, sizeof(reason));
+    return code ? send_error(req, code, reason) : rc;
+}
+
 /* Runs an /api/ request whose body is complete. method is NULL for Centrifugo v4's /api, which
  * names it in the body. */
 static enum MHD_Result start_api(request *req, const char *method)
@@ -388,6 +417,7 @@ static enum MHD_Result start_api(request *req, const char *method)
                  jerr.line, jerr.column);
         return send_text(req->conn, MHD_HTTP_BAD_REQUEST, msg);
     }
+    if (method && strcmp(method, US_WATCH_METHOD) == 0) return start_watch(req, req->doc);
     if (method) {
         req->call = request_call(req, method, strlen(method), req->doc);
     } else {
@@ -402,6 +432,7 @@ static enum MHD_Result start_api(request *req, const char *method)
                 params = json_object();
                 json_object_set_new(req->doc, "params", params);
             }
+            if (strcmp(json_string_value(m), US_WATCH_METHOD) == 0) return start_watch(req, params);
             req->call = request_call(req, json_string_value(m), json_string_length(m), params);
         }
     }
@@ -428,6 +459,10 @@ static int health(void *arg, char *msg, size_t msglen)
     char err[256];
     if (!us_producer_ready(api->producer)) {
         snprintf(msg, msglen, "starting: Kafka topic metadata not known yet");
+        return 0;
+    }
+    if (!us_watch_ready(api->watch)) {
+        snprintf(msg, msglen, "starting: the changes topic is not followed yet");
         return 0;
     }
     if (us_reader_health(api->reader, err, sizeof(err)) != 0) {
@@ -541,6 +576,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     }
     if (strcmp(method, "GET") == 0 && strcmp(url, "/metrics") == 0) return send_metrics(api, conn);
     if (strcmp(method, "GET") == 0 && strcmp(url, "/health") == 0) return send_health(api, conn);
+    if (us_status_page_owns(url)) return us_status_page_send(api->cfg, conn, url, method);
     return send_text(conn, MHD_HTTP_NOT_FOUND, "not found\n");
 }
 
@@ -603,6 +639,14 @@ us_api *us_api_start(const us_config *cfg, us_core *core, us_producer *producer,
         free(api);
         return NULL;
     }
+    if (cfg->changes.enabled) {
+        api->watch = us_watch_new(cfg, core, err, errlen);
+        if (!api->watch) {
+            us_proxy_free(api->proxy);
+            free(api);
+            return NULL;
+        }
+    }
     register_metrics(api);
 
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
@@ -641,12 +685,15 @@ us_api *us_api_start(const us_config *cfg, us_core *core, us_producer *producer,
 void us_api_stop(us_api *api)
 {
     if (!api) return;
+    us_watch_quiesce(api->watch); /* Streams end: none stays suspended. */
     if (api->daemon) {
         MHD_socket listener = MHD_quiesce_daemon(api->daemon);
         if (listener != MHD_INVALID_SOCKET) close(listener);
         /* The core is quiesced: every suspended request has been resumed; give the daemon's
-         * threads a moment to send their replies. */
-        for (int waited = 0; atomic_load(&api->suspended) > 0 && waited < DRAIN_WAIT_MS;
+         * threads a moment to send their replies and the streams' last bytes. */
+        for (int waited = 0;
+             (atomic_load(&api->suspended) > 0 || us_watch_streams(api->watch) > 0) &&
+             waited < DRAIN_WAIT_MS;
              waited += DRAIN_TICK_MS)
             us_sleep_ms(DRAIN_TICK_MS);
         if (atomic_load(&api->suspended) > 0)
@@ -655,6 +702,7 @@ void us_api_stop(us_api *api)
         MHD_stop_daemon(api->daemon);
     }
     us_admin_http_stop(api->metrics_http);
+    us_watch_free(api->watch);
     us_proxy_free(api->proxy);
     free(api);
 }

@@ -385,10 +385,14 @@ int us_call_start(us_call *call, int64_t timeout_ms, us_call_done_fn done,
     int quiesced = core->quiesced;
     pthread_mutex_unlock(&core->mu);
     int64_t now = us_now_ms();
-    if (!quiesced)
-        for (size_t i = 0; i < call->ncmds; i++)
-            if (call->cmds[i].kind != US_CMD_NONE && !call->cmds[i].error)
-                start_cmd(core, call, i, now);
+    for (size_t i = 0; i < call->ncmds; i++) {
+        us_cmd *c = &call->cmds[i];
+        if (c->kind == US_CMD_NONE || c->error) continue;
+        if (quiesced)
+            us_cmd_fail(c, US_ERR_INTERNAL, "shutting down"); /* Never started. */
+        else
+            start_cmd(core, call, i, now);
+    }
 
     pthread_mutex_lock(&core->mu);
     call->started = 1;

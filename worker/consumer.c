@@ -41,6 +41,7 @@
 
 #include "acks.h"
 #include "admin_http.h"
+#include "changes_engine.h"
 #include "clock.h"
 #include "coalesce.h"
 #include "event.h"
@@ -94,6 +95,7 @@ typedef struct worker {
     rd_kafka_t *consumer;
     rd_kafka_t *dlq;
     us_redis *redis;
+    us_changes *changes; /* Status changes (worker/changes.c); NULL when off. */
     us_event_decoder decoder;
     us_batch batch;
 
@@ -246,6 +248,7 @@ static settle_result redis_settle(worker *w, int64_t deadline)
 static void batch_release(worker *w)
 {
     us_batch_reset(&w->batch); /* First: it reads user ids that live in the messages. */
+    us_changes_reset(w->changes); /* So does this. */
     for (size_t i = 0; i < w->nmsgs; i++) rd_kafka_message_destroy(w->msgs[i]);
     w->nmsgs = 0;
     w->ndlq = 0;
@@ -355,6 +358,9 @@ static int batch_finish(worker *w, const rd_kafka_topic_partition_list_t *revoki
     int64_t started = us_monotonic_ms(), deadline = started + w->write_budget_ms;
     settle_result r = dlq_settle(w, deadline);
     if (r == SETTLED) r = redis_settle(w, deadline);
+    /* The batch's status changes: produced and acknowledged, and the deadline index written,
+     * before its offsets are stored (the engine retries until it succeeds or shutdown). */
+    if (r == SETTLED && us_changes_settle(w->changes, w->redis) != 0) r = SETTLE_STOPPED;
     if (r == SETTLE_STOPPED) {
         us_warn("shutting down with a batch of %zu messages not fully written; their offsets are "
                 "not stored, so they will be consumed again",
@@ -398,8 +404,10 @@ static void batch_take(worker *w, rd_kafka_message_t *m)
         }
         if (t > now + w->cfg->user_status.max_clock_skew_ms) t = now;
         us_batch_add(&w->batch, &ev, t / 1000); /* Cannot fail: users <= messages <= capacity. */
+        us_changes_add(w->changes, m, &ev, t);
         return;
     }
+    us_changes_add(w->changes, m, NULL, 0); /* Its position still counts. */
     size_t i = us_acks_add(&w->dlq_acks);
     dlq_entry *e = &w->dlq_entries[w->ndlq++];
     e->msg = idx;
@@ -481,6 +489,7 @@ static void rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         us_info("assigned %d partition(s)", parts->cnt);
         w->assigned_once = 1;
+        us_changes_assign(w->changes, parts);
         if (cooperative)
             error = rd_kafka_incremental_assign(rk, parts);
         else
@@ -501,6 +510,7 @@ static void rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                         "consumes their events again from the last commit",
                         parts->cnt);
         }
+        us_changes_revoke(w->changes, parts);
         if (cooperative)
             error = rd_kafka_incremental_unassign(rk, parts);
         else
@@ -528,6 +538,7 @@ static int health(void *arg, char *msg, size_t msglen)
         pthread_mutex_unlock(&w->redis_error_lock);
         return 0;
     }
+    if (!us_changes_healthy(w->changes, msg, msglen)) return 0;
     snprintf(msg, msglen, "consuming");
     return 1;
 }
@@ -635,7 +646,8 @@ static int ensure_topics(worker *w)
     int64_t delay = RETRY_BACKOFF_MIN_MS;
     char err[512];
     while (us_kafka_ensure_topics(w->dlq, w->cfg, TOPIC_CREATE_TIMEOUT_MS, err, sizeof(err)) !=
-           0) {
+               0 ||
+           us_changes_ensure_topic(w->changes, TOPIC_CREATE_TIMEOUT_MS, err, sizeof(err)) != 0) {
         us_error("%s; retrying", err);
         if (*w->stop) return -1;
         backoff(w, &delay);
@@ -646,6 +658,7 @@ static int ensure_topics(worker *w)
 static void consume_loop(worker *w)
 {
     while (!*w->stop) {
+        if (w->nmsgs == 0) us_changes_tick(w->changes, w->redis); /* Deadlines, between batches. */
         rd_kafka_message_t *m =
             rd_kafka_consumer_poll(w->consumer, w->nmsgs == 0 ? POLL_IDLE_MS : 0);
         if (!m) {
@@ -698,6 +711,10 @@ int us_worker_run(const us_config *cfg, int metrics_port, volatile sig_atomic_t 
         goto out;
     }
     set_write_budget(&w);
+    if (!(w.changes = us_changes_new(cfg, w.consumer, stop, err, sizeof(err))) && err[0]) {
+        us_error("%s", err);
+        goto out;
+    }
     if (metrics_port > 0) {
         admin = us_admin_http_start(cfg->worker.metrics_address, metrics_port, health, &w, err,
                                     sizeof(err));
@@ -738,6 +755,7 @@ out:
          * nothing of ours is pending (offsets not committed will be consumed again). */
         rc = US_WORKER_EXIT_NOW;
         w.consumer = w.dlq = NULL;
+        w.changes = NULL; /* Its producer too. */
     }
     if (w.consumer) rd_kafka_destroy_flags(w.consumer, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     if (w.dlq) {
@@ -745,6 +763,7 @@ out:
         rd_kafka_destroy(w.dlq);
     }
     batch_release(&w);
+    us_changes_free(w.changes);
     us_redis_free(w.redis);
     us_batch_free(&w.batch);
     us_event_decoder_destroy(&w.decoder);

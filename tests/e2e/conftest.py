@@ -372,6 +372,7 @@ class Namespace:
         self.id = tag
         self.topic = "us_" + tag
         self.dlq = "us_" + tag + "_dlq"
+        self.changes = "us_" + tag + "_changes"
         self.group = "us_" + tag + "_g"
         self.prefix = "us_" + tag
         self.tmp = Path(tmp_path)
@@ -406,6 +407,9 @@ class Namespace:
             "worker": {
                 "metrics_address": "127.0.0.1",
                 "metrics_port": free_port(),
+            },
+            "changes": {
+                "topic": self.changes,
             },
         }
         return deep_merge(cfg, over)
@@ -528,10 +532,10 @@ def ns(request, tmp_path):
     request.node._us_ns = n
     yield n
     errors = n.close()
-    delete_topics([n.topic, n.dlq])
+    delete_topics([n.topic, n.dlq, n.changes])
     try:
         r = Redis()
-        keys = r("KEYS", n.prefix + ":*") or []
+        keys = (r("KEYS", n.prefix + ":*") or []) + (r("KEYS", n.prefix + "#*") or [])
         for i in range(0, len(keys), 500):
             r("DEL", *keys[i:i + 500])
         r.close()

@@ -675,6 +675,76 @@ static void test_bad_query_values_name_the_key(void **state)
     assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
 }
 
+static void test_changes_defaults(void **state)
+{
+    us_config cfg;
+    char err[256];
+    assert_int_equal(us_config_load(&cfg, NULL, NULL, NULL, 0, err, sizeof(err)), 0);
+    assert_true(cfg.changes.enabled);
+    assert_string_equal(cfg.changes.topic, "user_status_changes");
+    assert_int_equal(cfg.changes.offline_after_ms, 60000);
+    assert_int_equal(cfg.changes.away_after_ms, 300000);
+    us_config_free(&cfg);
+}
+
+static void test_changes_section_from_file_and_environment(void **state)
+{
+    us_config cfg;
+    char err[256];
+    char *envp[] = {"USERSTATUS_CHANGES_AWAY_AFTER=1s", NULL};
+    const char *json = "{\"changes\": {\"enabled\": false, \"topic\": \"presence\","
+                       " \"offline_after\": \"3s\", \"away_after\": \"10m\"}}";
+    assert_int_equal(load_text(&cfg, json, envp, err, sizeof(err)), 0);
+    assert_false(cfg.changes.enabled);
+    assert_string_equal(cfg.changes.topic, "presence");
+    assert_int_equal(cfg.changes.offline_after_ms, 3000);
+    assert_int_equal(cfg.changes.away_after_ms, 1000);
+    us_config_free(&cfg);
+}
+
+static void test_bad_changes_values_name_the_key(void **state)
+{
+    const bad_config cases[] = {
+        {"{\"changes\": {\"offline_after\": \"500ms\"}}", "'changes.offline_after'"},
+        {"{\"changes\": {\"offline_after\": 60}}", "'changes.offline_after'"},
+        {"{\"changes\": {\"away_after\": \"25h\"}}", "'changes.away_after'"},
+        {"{\"changes\": {\"enabled\": 1}}", "'changes.enabled'"},
+        {"{\"changes\": {\"topic\": \"\"}}", "'changes.topic'"},
+        {"{\"changes\": {\"topic\": \"user_status\"}}", "'changes.topic'"},
+        {"{\"changes\": {\"webhooks\": []}}", "'changes.webhooks'"},
+    };
+    assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+
+/* The status page is off unless asked for: a service that never served HTML does not start to
+ * after an upgrade. */
+static void test_status_page_is_off_by_default_and_can_be_enabled(void **state)
+{
+    us_config cfg;
+    char err[256];
+    assert_int_equal(us_config_load(&cfg, NULL, NULL, NULL, 0, err, sizeof(err)), 0);
+    assert_false(cfg.query.status_page);
+    us_config_free(&cfg);
+
+    assert_int_equal(load_text(&cfg, "{\"query\": {\"status_page\": true}}", NULL, err,
+                               sizeof(err)),
+                     0);
+    assert_true(cfg.query.status_page);
+    us_config_free(&cfg);
+
+    char *envp[] = {"USERSTATUS_QUERY_STATUS_PAGE=true", NULL};
+    assert_int_equal(us_config_load(&cfg, NULL, envp, NULL, 0, err, sizeof(err)), 0);
+    assert_true(cfg.query.status_page);
+    us_config_free(&cfg);
+
+    const bad_config cases[] = {
+        {"{\"query\": {\"status_page\": \"yes\"}}", "'query.status_page'"},
+        {"{\"query\": {\"status_page\": 1}}", "'query.status_page'"},
+    };
+    assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
+}
+
 static void test_grpc_api_defaults(void **state)
 {
     us_config cfg;
@@ -773,6 +843,10 @@ int main(void)
         cmocka_unit_test(test_metrics_on_the_api_port_with_the_key),
         cmocka_unit_test(test_metrics_on_a_listener_of_their_own),
         cmocka_unit_test(test_bad_query_values_name_the_key),
+        cmocka_unit_test(test_changes_defaults),
+        cmocka_unit_test(test_changes_section_from_file_and_environment),
+        cmocka_unit_test(test_bad_changes_values_name_the_key),
+        cmocka_unit_test(test_status_page_is_off_by_default_and_can_be_enabled),
         cmocka_unit_test(test_grpc_api_defaults),
         cmocka_unit_test(test_grpc_api_section_from_file_and_environment),
         cmocka_unit_test(test_bad_grpc_api_values_name_the_key),

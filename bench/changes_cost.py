@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""What status changes cost: worker throughput with changes on and off, and the Redis memory of the
+deadline index for N online users.
+
+    bench/changes_cost.py [--build build] [--users 100000] [--partitions 16]
+
+For each mode, 2N events are produced first: an `active` event of each of N distinct users (with
+changes on, each a transition offline -> online: the worst case), then an `online` heartbeat of
+each a second later (no transition: the steady state). Then a worker starts, and the time it takes
+to apply each half is measured (its /metrics, polled every 20 ms). With changes on, the index
+then holds every user (all online), and MEMORY USAGE of its keys is summed. Needs Kafka on
+$USERSTATUS_TEST_KAFKA and Redis on $USERSTATUS_TEST_REDIS (default 127.0.0.1:19092 and :16379);
+uses its own topics and prefix and removes them afterwards.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import msgpack
+import requests
+from confluent_kafka import Producer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+from conftest import KAFKA, REDIS, Redis, create_topics, delete_topics, free_port  # noqa: E402
+
+
+def applied(metrics_url):
+    text = requests.get(metrics_url + "/metrics", timeout=2).text
+    m = re.search(r'userstatus_worker_events_total\{result="applied"\} (\d+)', text)
+    return int(m.group(1)) if m else 0
+
+
+def run(build, users, partitions, changes):
+    tag = uuid.uuid4().hex[:8]
+    topic, prefix = "bench_ch_" + tag, "bench_ch_" + tag
+    create_topics([topic, topic + "_dlq"], partitions=partitions)
+    p = Producer({"bootstrap.servers": KAFKA, "partitioner": "murmur2_random", "linger.ms": 20})
+    t = int(time.time()) * 1000
+    # Round 1: every user comes online (a transition each); round 2: a heartbeat of every user a
+    # second later (no transition: the steady state).
+    for typ, when in (("active", t), ("online", t + 1000)):
+        for i in range(users):
+            u = "user-%06d" % i
+            v = msgpack.packb({"type": typ, "user": u, "time": when})
+            while True:
+                try:
+                    p.produce(topic, key=u, value=v)
+                    break
+                except BufferError:
+                    p.poll(0.05)
+    p.flush(60)
+    port = free_port()
+    cfg = {"api_key": "x", "user_status": {"redis_address": REDIS, "redis_prefix": prefix},
+           "kafka": {"brokers": KAFKA, "topic": topic, "dlq_topic": topic + "_dlq",
+                     "consumer_group": topic + "_g", "partitions": partitions},
+           "worker": {"metrics_port": port},
+           "changes": {"enabled": changes, "topic": topic + "_changes", "offline_after": "1h"}}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(cfg, f)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("USERSTATUS_")}
+    w = subprocess.Popen([os.path.join(build, "worker", "userstatus-worker"), "--config", f.name],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    url = "http://127.0.0.1:%d" % port
+    out = {}
+    try:
+        t0 = t1 = None
+        while True:
+            try:
+                n = applied(url)
+            except requests.RequestException:
+                n = 0
+            if n > 0 and t0 is None:
+                t0 = time.monotonic()
+            if n >= users and t1 is None:
+                t1 = time.monotonic()
+            if n >= 2 * users:
+                break
+            time.sleep(0.02)
+        t2 = time.monotonic()
+        with open("/proc/%d/status" % w.pid) as st:
+            out["worker_peak_rss_mb"] = round(int(re.search(r"VmHWM:\s+(\d+)", st.read()).group(1)) / 1024, 1)
+        out["transitions_events_per_s"] = round(users / (t1 - t0))
+        out["steady_events_per_s"] = round(users / (t2 - t1))
+        r = Redis()
+        if changes:
+            total = mem = 0
+            for part in range(partitions):
+                for kind in ("status", "deadlines"):
+                    key = "%s#changes:%s:%s:%d" % (prefix, kind, topic, part)
+                    mem += r("MEMORY", "USAGE", key, "SAMPLES", "0") or 0
+                total += r("ZCARD", "%s#changes:deadlines:%s:%d" % (prefix, topic, part))
+            out["index_users"] = total
+            out["index_bytes_per_user"] = mem / max(total, 1)
+        out["store_bytes_per_user"] = r("MEMORY", "USAGE", prefix + ":user-000001", "SAMPLES", "0")
+        keys = (r("KEYS", prefix + ":*") or []) + (r("KEYS", prefix + "#*") or [])
+        for i in range(0, len(keys), 1000):
+            r("DEL", *keys[i:i + 1000])
+        r.close()
+    finally:
+        w.terminate()
+        w.wait(30)
+        os.unlink(f.name)
+        delete_topics([topic, topic + "_dlq", topic + "_changes"])
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--users", type=int, default=100000)
+    ap.add_argument("--partitions", type=int, default=16)
+    a = ap.parse_args()
+    off = run(a.build, a.users, a.partitions, False)
+    on = run(a.build, a.users, a.partitions, True)
+    print("changes off: %s" % json.dumps(off))
+    print("changes on:  %s" % json.dumps(on))
+    for k in ("transitions_events_per_s", "steady_events_per_s"):
+        print("%s with changes / without: %.2f" % (k, on[k] / off[k]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Status changes (schemas/changes.md): the worker publishes online/away/offline transitions to the
+changes topic, once per transition, with the time each took effect; silence makes users offline,
+also across a worker crash and rebalances.
+
+Windows are short (offline_after 3 s, away_after 1 s or 30 s). Event times are whole seconds, so
+that the times the status store keeps (seconds) equal the times the index keeps (milliseconds).
+Consumers dedupe by (user, status, since); after that the sequences must be exactly the expected
+ones: nothing lost, nothing invented."""
+import threading
+import time
+import uuid
+
+import msgpack
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from conftest import KAFKA, now_ms, wait_until
+
+FAST_GROUP = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}
+
+
+def whole_second_ms():
+    return now_ms() // 1000 * 1000
+
+
+class ChangeReader:
+    """Reads the changes topic from the beginning, all partitions; keeps every message (decoded,
+    with the time it was read) and each user's deduplicated sequence."""
+
+    def __init__(self, topic):
+        self.topic = topic
+        self.c = Consumer({"bootstrap.servers": KAFKA, "group.id": "us-e2e-changes-" + uuid.uuid4().hex[:8],
+                           "enable.auto.commit": False, "enable.partition.eof": False})
+        md = wait_until(lambda: self._partitions(), timeout=30, what="changes topic %s" % topic)
+        self.c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md])
+        self.messages = []
+        self.seen = set()
+        self.seq = {}
+
+    def _partitions(self):
+        t = self.c.list_topics(self.topic, timeout=5).topics.get(self.topic)
+        if t is None or t.error is not None or not t.partitions:
+            return None
+        return sorted(t.partitions)
+
+    def poll(self, seconds=0.2):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            m = self.c.poll(0.1)
+            if m is None or m.error():
+                continue
+            v = msgpack.unpackb(m.value(), raw=False)
+            v["_key"] = m.key().decode()
+            v["_read"] = now_ms()
+            self.messages.append(v)
+            k = (v["user"], v["status"], v["since"])
+            if k not in self.seen:
+                self.seen.add(k)
+                self.seq.setdefault(v["user"], []).append((v["status"], v["since"]))
+
+    def wait_for(self, pred, timeout=20, what="changes"):
+        def ok():
+            self.poll()
+            return pred()
+
+        return wait_until(ok, timeout=timeout, interval=0.01, what=what)
+
+    def first(self, user, status, since):
+        return next(m for m in self.messages if (m["user"], m["status"], m["since"]) == (user, status, since))
+
+    def close(self):
+        self.c.close()
+
+
+@pytest.fixture
+def reader(ns):
+    readers = []
+
+    def make():
+        r = ChangeReader(ns.changes)
+        readers.append(r)
+        return r
+
+    yield make
+    for r in readers:
+        r.close()
+
+
+def reference_sequence(times, offline_ms, away_ms):
+    """The transitions of a user whose `active` events have these times (whole seconds, in
+    order), evaluated second by second straight from the definition."""
+    seq, active, last = [], None, "offline"
+
+    def status(t):
+        if active is None or t - active >= offline_ms:
+            return "offline"
+        return "away" if t - active >= away_ms else "online"
+
+    i = 0
+    for t in range(times[0], times[-1] + offline_ms + away_ms + 1000, 1000):
+        for step in (0, 1):
+            if step == 1:
+                while i < len(times) and times[i] == t:
+                    active = t
+                    i += 1
+            s = status(t)
+            if s != last:
+                seq.append((s, t))
+                last = s
+    return seq
+
+
+def changes_cfg(ns, offline="3s", away="1s", **over):
+    return ns.config(changes={"topic": ns.changes, "offline_after": offline, "away_after": away}, **over)
+
+
+def test_online_then_away_then_offline_by_silence(ns, reader):
+    ns.start_worker(changes_cfg(ns))
+    r = reader()
+    t = whole_second_ms()
+    ns.producer.event("active", "u1", time_ms=t, state="dnd")
+    ns.producer.flush()
+    want = [("online", t), ("away", t + 1000), ("offline", t + 3000)]
+    r.wait_for(lambda: len(r.seq.get("u1", [])) >= 3, what="three changes of u1")
+    r.poll(1.0)  # nothing more may come
+    assert r.seq["u1"] == want
+    online = r.first("u1", "online", t)
+    assert online["_key"] == "u1" and online["type"] == "change" and online["v"] == 1
+    assert online["active"] == t // 1000 and "online" not in online
+    assert online["state"] == "dnd"
+    # detected within offline_after + 2 s (design target), counted from the event time
+    assert r.first("u1", "offline", t + 3000)["_read"] <= t + 3000 + 2000
+
+
+def test_offline_user_comes_back_online_on_the_next_event(ns, reader):
+    ns.start_worker(changes_cfg(ns, away="30s"))
+    r = reader()
+    t1 = whole_second_ms()
+    ns.producer.event("active", "u2", time_ms=t1)
+    ns.producer.flush()
+    r.wait_for(lambda: ("offline", t1 + 3000) in r.seq.get("u2", []), what="u2 offline")
+    t2 = whole_second_ms() + 1000
+    ns.producer.event("online", "u2", time_ms=t2)  # a heartbeat; activity is 4+ s old, < 30 s
+    ns.producer.flush()
+    r.wait_for(lambda: len(r.seq.get("u2", [])) >= 4, what="u2 online again, then offline")
+    r.poll(1.0)
+    assert r.seq["u2"] == [("online", t1), ("offline", t1 + 3000), ("online", t2), ("offline", t2 + 3000)]
+    again = r.first("u2", "online", t2)
+    assert again["active"] == t1 // 1000 and again["online"] == t2 // 1000
+
+
+def test_heartbeat_only_user_is_away_and_heartbeats_prevent_offline(ns, reader):
+    ns.start_worker(changes_cfg(ns))
+    r = reader()
+    t0 = whole_second_ms()
+    for i in range(6):  # one heartbeat a second: never 3 s of silence
+        ns.producer.event("online", "hb", time_ms=t0 + 1000 * i)
+        ns.producer.flush()
+        time.sleep(max(0, (t0 + 1000 * (i + 1) - now_ms()) / 1000))
+    last = t0 + 5000
+    r.wait_for(lambda: ("offline", last + 3000) in r.seq.get("hb", []), what="hb offline")
+    r.poll(0.5)
+    assert r.seq["hb"] == [("away", t0), ("offline", last + 3000)]
+
+
+def test_delete_makes_the_user_offline_at_once(ns, reader):
+    ns.start_worker(changes_cfg(ns, away="30s"))
+    r = reader()
+    t = whole_second_ms()
+    ns.producer.event("active", "u3", time_ms=t)
+    ns.producer.flush()
+    r.wait_for(lambda: r.seq.get("u3"), what="u3 online")
+    ns.producer.event("delete", "u3", time_ms=t + 500)
+    ns.producer.flush()
+    r.wait_for(lambda: len(r.seq["u3"]) >= 2, what="u3 offline")
+    r.poll(4.0)  # past the silence deadline: no second offline
+    assert r.seq["u3"] == [("online", t), ("offline", t + 500)]
+    off = r.first("u3", "offline", t + 500)
+    assert "active" not in off and "online" not in off
+
+
+def test_many_users_in_one_batch_each_get_their_own_transitions(ns, reader):
+    ns.start_worker(changes_cfg(ns, away="30s"))
+    r = reader()
+    t = whole_second_ms()
+    users = ["m%d" % i for i in range(300)]
+    for i, u in enumerate(users):
+        ns.producer.event("active", u, time_ms=t - 1000 * (i % 2))
+    ns.producer.flush()
+    r.wait_for(lambda: all(len(r.seq.get(u, [])) == 2 for u in users), timeout=30, what="300 users offline")
+    for i, u in enumerate(users):
+        ti = t - 1000 * (i % 2)
+        assert r.seq[u] == [("online", ti), ("offline", ti + 3000)], u
+
+
+def test_kill9_and_rebalances_lose_and_invent_no_transition(ns, reader):
+    """Steady users send an event every second for the whole test, leavers one each at staggered
+    times. Meanwhile: two workers; one is killed with SIGKILL; a third joins; the first leaves with
+    SIGTERM. Each steady user must be online exactly once and offline once after its last event;
+    each leaver online then offline three seconds later (exactly: reference_sequence says what the
+    event times give, should the stream itself have paused)."""
+    cfg = changes_cfg(ns, away="30s", kafka={"properties": FAST_GROUP})
+
+    def worker():
+        return ns.start_worker(dict(cfg, worker=dict(cfg["worker"], metrics_port=ns.config()["worker"]["metrics_port"])))
+
+    w1, w2 = worker(), worker()
+    r = reader()
+    steady = ["s%d" % i for i in range(40)]
+    times = {}
+    t_start = time.monotonic()
+    w3 = None
+    second = 0
+    while time.monotonic() - t_start < 24:
+        t = whole_second_ms()
+        for u in steady + ["l%d_%d" % (second, i) for i in range(5)]:  # 5 new leavers a second
+            ns.producer.event("active", u, time_ms=t)
+            if times.setdefault(u, [t])[-1] != t:
+                times[u].append(t)
+        ns.producer.flush()
+        elapsed = time.monotonic() - t_start
+        if second == 4:
+            w2.p.kill()  # SIGKILL: no commit, no leave; its partitions move after the session timeout
+            w2.p.wait(10)
+            w2.stopped = True
+        if second == 14:
+            w3 = worker()
+        if second == 18:  # in the background: the event stream must not pause meanwhile
+            stopper = threading.Thread(target=w1.stop_ok)
+            stopper.start()
+        second += 1
+        r.poll(max(0.0, second - elapsed))
+    stopper.join(60)
+    want = {u: reference_sequence(ts, 3000, 30000) for u, ts in times.items()}
+    r.wait_for(lambda: all(len(r.seq.get(u, [])) >= 2 for u in want), timeout=60,
+               what="every user offline")
+    r.poll(2.0)
+    wrong = {u: (r.seq.get(u), w) for u, w in want.items() if r.seq.get(u) != w}
+    assert not wrong, "%d of %d users with wrong sequences, e.g. %r" % (len(wrong), len(want), list(wrong.items())[:5])
+    assert set(r.seq) == set(want)
+    assert w3.alive()
+    print("FIGURES changes_kill9: users=%d, messages=%d, distinct=%d" % (len(want), len(r.messages), len(r.seen)))
+
+
+def test_disabled_changes_create_no_topic_and_no_index(ns, redis):
+    w = ns.start_worker(ns.config(changes={"topic": ns.changes, "enabled": False}))
+    ns.producer.event("active", "u4", time_ms=whole_second_ms())
+    ns.producer.flush()
+    wait_until(lambda: redis("EXISTS", ns.key("u4")) == 1, what="u4 in the status store")
+    c = Consumer({"bootstrap.servers": KAFKA, "group.id": "us-e2e-md"})
+    try:
+        assert ns.changes not in c.list_topics(timeout=10).topics
+    finally:
+        c.close()
+    assert redis("KEYS", ns.prefix + "#*") == []
+    assert "status changes" not in w.log()
