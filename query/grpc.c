@@ -752,9 +752,8 @@ static void serve(rpc *r)
      * may still be queued, pointing at the user ids in r->req (core.h: the strings live only
      * until the release). A client whose deadline passes first gets DEADLINE_EXCEEDED from its
      * own gRPC library; the answer then goes to a cancelled call. */
-    if (us_call_start(r->core_call, r->g->cfg->query.request_timeout_ms, on_call_done, NULL, r) ==
-        1)
-        answer_result(r);
+    int64_t timeout_ms = g->cfg->query.request_timeout_ms;
+    if (us_call_start(r->core_call, timeout_ms, on_call_done, NULL, r) == 1) answer_result(r);
 }
 
 /* Handles one completion (queue thread). */
