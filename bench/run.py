@@ -3,7 +3,9 @@
 
 Everything runs on this machine, on loopback, in one run, so that the ratios hold even when the
 machine is noisy. Peers: redis-benchmark (pipelined HMGET/HSET on the same Redis), webdis (an HTTP
-front end to Redis) under the same wrk load as our query service.
+front end to Redis) under the same wrk load as our query service. The gRPC API is measured against
+the HTTP API of the same process: bench/grpc_load.c (built as userstatus-grpc-load) is its wrk, with
+as many threads and calls in flight (64 calls over 4 HTTP/2 connections instead of 64 connections).
 
     bench/run.py [--build build] [--seconds 10] [--events 500000]
 
@@ -74,6 +76,16 @@ def wrk_post_script(path, body, key="secret"):
         f.write(f'wrk.headers["X-API-Key"] = "{key}"\n')
         f.write('wrk.headers["Content-Type"] = "application/json"\n')
     return path
+
+
+def grpc_load(binary, port, key, users, seconds, concurrency=64, connections=4, threads=2):
+    """Runs userstatus-grpc-load: GetUserStatus with `users` users per call. Returns its JSON
+    (calls_per_s, users_per_s, failed, p50_ms, p99_ms)."""
+    out = subprocess.run([binary, "--target", f"127.0.0.1:{port}", "--key", key, "--users", str(users),
+                          "--seconds", str(seconds), "--concurrency", str(concurrency),
+                          "--connections", str(connections), "--threads", str(threads)],
+                         capture_output=True, text=True)
+    return json.loads(out.stdout)
 
 
 def redis_benchmark(port, args, n=2000000, pipeline=100):
@@ -155,8 +167,9 @@ def main():
 
         # --- userstatus --------------------------------------------------------------------
         ns = "bench_" + uuid.uuid4().hex[:8]
-        qport, mport = free_port(), free_port()
+        qport, mport, gport = free_port(), free_port(), free_port()
         cfg = {"api_key": "secret", "address": "127.0.0.1", "port": qport, "log_level": "warn",
+               "grpc_api": {"enabled": True, "address": "127.0.0.1", "port": gport, "key": "secret"},
                "user_status": redis_cfg,
                "kafka": {"brokers": brokers, "topic": ns, "dlq_topic": ns + "_dlq",
                          "consumer_group": ns, "partitions": 16},
@@ -173,11 +186,20 @@ def main():
         s100 = wrk_post_script(os.path.join(work, "get100.lua"), json.dumps({"users": users100}))
         sup = wrk_post_script(os.path.join(work, "update.lua"), json.dumps({"users": ["42"]}))
         wrk(base + "/api/update_user_status", 2, sup)  # Warm-up: producer id, metadata, pools.
+        # The gRPC API of the same process right after each HTTP get load (GetUserStatus with the
+        # same number of users), so that both see the same machine; the update load comes last.
+        loader = os.path.join(args.build, "bench", "userstatus-grpc-load")
         results["query_get1_req_per_s"], results["query_get1_p99_ms"], bad1 = wrk(
             base + "/api/get_user_status", args.seconds, s1)
+        g1 = grpc_load(loader, gport, "secret", 1, args.seconds)
         rps100, results["query_get100_p99_ms"], bad100 = wrk(
             base + "/api/get_user_status", args.seconds, s100)
         results["query_get100_users_per_s"] = rps100 * 100
+        g100 = grpc_load(loader, gport, "secret", 100, args.seconds)
+        results["grpc_get1_calls_per_s"], results["grpc_get1_p99_ms"] = g1["calls_per_s"], g1["p99_ms"]
+        results["grpc_get100_users_per_s"] = g100["users_per_s"]
+        results["grpc_get100_p99_ms"] = g100["p99_ms"]
+        results["grpc_failed_calls"] = g1["failed"] + g100["failed"]
         results["query_update_req_per_s"], results["query_update_p99_ms"], badup = wrk(
             base + "/api/update_user_status", args.seconds, sup)
         results["query_non_2xx"] = bad1 + bad100 + badup
@@ -254,6 +276,8 @@ def main():
     if "webdis_get_req_per_s" in r:
         print(f"  get 1 user   req/s vs webdis           {r['query_get1_req_per_s'] / r['webdis_get_req_per_s']:.2f}x  [>= 1.2]")
     print(f"  get 100 users users/s vs Redis HMGET     {r['query_get100_users_per_s'] / r['redis_hmget_per_s']:.2f}x  [>= 0.7]")
+    print(f"  gRPC get 1 user    users/s vs HTTP       {r['grpc_get1_calls_per_s'] / r['query_get1_req_per_s']:.2f}x  [>= 0.8]")
+    print(f"  gRPC get 100 users users/s vs HTTP       {r['grpc_get100_users_per_s'] / r['query_get100_users_per_s']:.2f}x  [>= 1.0]")
     print(f"  worker events/s vs Redis HSET            {r['worker_events_per_s'] / r['redis_hset_per_s']:.2f}x  [>= 0.5]")
     print(f"  Redis bytes per user                     {r['redis_bytes_per_user']:.0f}  [<= 100]")
     print(f"  worker / query peak RSS MB               {r['worker_peak_rss_mb']:.1f} / {r['query_peak_rss_mb']:.1f}  [< 30]")
