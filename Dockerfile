@@ -9,6 +9,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config \
       librdkafka-dev libhiredis-dev libmsgpack-dev libmicrohttpd-dev libjansson-dev libcmocka-dev \
+      libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -22,10 +23,11 @@ RUN rm -rf build build-asan \
 FROM debian:12-slim AS runtime
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      librdkafka1 libhiredis0.14 libmsgpackc2 libmicrohttpd12 libjansson4 ca-certificates curl \
+      librdkafka1 libhiredis0.14 libmsgpackc2 libmicrohttpd12 libjansson4 libgrpc29 libprotobuf-c1 \
+      ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --no-create-home --shell /usr/sbin/nologin userstatus
 COPY --from=build /out/ /
 USER userstatus
-EXPOSE 8000 9100
+EXPOSE 8000 9100 10000
 CMD ["userstatus-query", "--config", "/etc/userstatus/config.json"]

@@ -6,7 +6,10 @@ machine is noisy. Peers, each given the same work as our service:
   - webdis (an HTTP front end to Redis) under the same wrk connections and threads;
   - Redis itself serving the very commands our services send, captured with MONITOR while one request
     (or one drain of the worker) runs and replayed pipelined by `redis-cli --pipe`;
-  - redis-benchmark's pipelined HMGET/HSET, the generic rates the design's targets were written in.
+  - redis-benchmark's pipelined HMGET/HSET, the generic rates the design's targets were written in;
+  - the gRPC API against the HTTP API of the same process: bench/grpc_load.c (built as
+    userstatus-grpc-load) is its wrk, with as many threads and calls in flight (64 calls over 4
+    HTTP/2 connections instead of 64 connections), run right after each HTTP get load.
 
     bench/run.py [--build build] [--seconds 10] [--events 500000] [--profile docs/perf/NAME]
 
@@ -81,6 +84,16 @@ def wrk_post_script(path, body, key="secret"):
         f.write(f'wrk.headers["X-API-Key"] = "{key}"\n')
         f.write('wrk.headers["Content-Type"] = "application/json"\n')
     return path
+
+
+def grpc_load(binary, port, key, users, seconds, concurrency=64, connections=4, threads=2):
+    """Runs userstatus-grpc-load: GetUserStatus with `users` users per call. Returns its JSON
+    (calls_per_s, users_per_s, failed, p50_ms, p99_ms)."""
+    out = subprocess.run([binary, "--target", f"127.0.0.1:{port}", "--key", key, "--users", str(users),
+                          "--seconds", str(seconds), "--concurrency", str(concurrency),
+                          "--connections", str(connections), "--threads", str(threads)],
+                         capture_output=True, text=True)
+    return json.loads(out.stdout)
 
 
 def redis_benchmark(port, args, n=2000000, pipeline=100):
@@ -312,8 +325,9 @@ def main():
             redis_cli(rport, "FLUSHALL")  # Our own redis-server, not the shared one.
 
         ns = "bench_" + uuid.uuid4().hex[:8]
-        qport, mport = free_port(), free_port()
+        qport, mport, gport = free_port(), free_port(), free_port()
         cfg = {"api_key": "secret", "address": "127.0.0.1", "port": qport, "log_level": "warn",
+               "grpc_api": {"enabled": True, "address": "127.0.0.1", "port": gport, "key": "secret"},
                "user_status": redis_cfg,
                "kafka": {"brokers": brokers, "topic": ns, "dlq_topic": ns + "_dlq",
                          "consumer_group": ns, "partitions": 16},
@@ -415,6 +429,13 @@ def main():
                         repeat = max(1, 500000 // len(replay_file))
                         replay_rps.append(replay(rport, replay_file, repeat, work, k) /
                                           len(replay_file))
+                if k.startswith("get") and not args.profile:
+                    # The gRPC API of the same process, same users per call, right after.
+                    loader = os.path.join(args.build, "bench", "userstatus-grpc-load")
+                    g = grpc_load(loader, gport, "secret", len(body["users"]), args.seconds)
+                    results[f"grpc_{k}_calls_per_s"] = g["calls_per_s"]
+                    results[f"grpc_{k}_p99_ms"] = g["p99_ms"]
+                    results["grpc_failed_calls"] = results.get("grpc_failed_calls", 0) + g["failed"]
                 if not args.profile:
                     results[f"query_{k}_req_per_s"] = statistics.median(ours)
                     results[f"query_{k}_p99_ms"] = statistics.median(p99s)
@@ -457,6 +478,8 @@ def main():
         r["query_get100_users_per_s"] = r["query_get100_req_per_s"] * 100
     ratio("get 100 users: req/s vs Redis, same commands piped", "query_get100_req_per_s", "redis_replay_get100_req_per_s", ">= 0.7")
     ratio("get 100 users: users/s vs Redis HMGET piped", "query_get100_users_per_s", "redis_hmget_per_s", "-")
+    ratio("gRPC get 1 user: calls/s vs HTTP req/s", "grpc_get1_calls_per_s", "query_get1_req_per_s", ">= 0.8")
+    ratio("gRPC get 100 users: calls/s vs HTTP req/s", "grpc_get100_calls_per_s", "query_get100_req_per_s", ">= 1.0")
     ratio("update: req/s vs webdis (1 ZADD GT)", "query_update_req_per_s", "webdis_update_req_per_s", "-")
     ratio("ingest: events/s vs Redis, same commands piped", "worker_events_per_s", "redis_replay_worker_events_per_s", "-")
     ratio("ingest: events/s vs Redis HSET piped", "worker_events_per_s", "redis_hset_per_s", ">= 0.5")

@@ -114,6 +114,7 @@ static const key_desc keys[] = {
     {"query.metrics_address", KEY_STR, F(query.metrics_address), "127.0.0.1", 0, 0},
     {"query.metrics_port", KEY_INT, F(query.metrics_port), "0", 0, 65535},
     {"query.metrics_require_key", KEY_BOOL, F(query.metrics_require_key), "false", 0, 0},
+    {"query.status_page", KEY_BOOL, F(query.status_page), "false", 0, 0},
     {"proxy.enabled", KEY_BOOL, F(proxy.enabled), "true", 0, 0},
     {"proxy.rpc_method_prefix", KEY_STR, F(proxy.rpc_method_prefix), "", 0, 0},
     {"proxy.online_interval", KEY_DUR, F(proxy.online_interval_ms), "25s", 1000, DAY_MS},
@@ -124,6 +125,17 @@ static const key_desc keys[] = {
     {"changes.offline_after", KEY_DUR, F(changes.offline_after_ms), "60s", 1000, DAY_MS},
     {"changes.away_after", KEY_DUR, F(changes.away_after_ms), "5m", 1000, DAY_MS},
     {"changes.watch_max_streams", KEY_INT, F(changes.watch_max_streams), "10000", 1, 1000000},
+    {"grpc_api.enabled", KEY_BOOL, F(grpc_api.enabled), "false", 0, 0},
+    {"grpc_api.address", KEY_STR, F(grpc_api.address), "", 0, 0},
+    {"grpc_api.port", KEY_INT, F(grpc_api.port), "10000", 1, 65535},
+    {"grpc_api.key", KEY_STR, F(grpc_api.key), "", 0, 0},
+    {"grpc_api.error_mode", KEY_STR, F(grpc_api.error_mode), "", 0, 0},
+    {"grpc_api.max_receive_message_size", KEY_INT, F(grpc_api.max_receive_message_size),
+     "4194304", 1024, 1 << 30},
+    {"grpc_api.reflection", KEY_BOOL, F(grpc_api.reflection), "false", 0, 0},
+    {"grpc_api.tls.enabled", KEY_BOOL, F(grpc_api.tls.enabled), "false", 0, 0},
+    {"grpc_api.tls.cert_pem", KEY_STR, F(grpc_api.tls.cert_pem), "", 0, 0},
+    {"grpc_api.tls.key_pem", KEY_STR, F(grpc_api.tls.key_pem), "", 0, 0},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -769,6 +781,15 @@ int us_config_load(us_config *cfg, const char *path, char **envp,
         return fail(err, errlen,
                     "config key 'changes.topic': must not be empty and must differ from "
                     "'kafka.topic' and 'kafka.dlq_topic'");
+    if (strcmp(cfg->grpc_api.error_mode, "") && strcmp(cfg->grpc_api.error_mode, "transport"))
+        return fail(err, errlen,
+                    "config key 'grpc_api.error_mode': '%s' is not \"\" or \"transport\"",
+                    cfg->grpc_api.error_mode);
+    if (cfg->grpc_api.tls.enabled &&
+        (cfg->grpc_api.tls.cert_pem[0] == '\0' || cfg->grpc_api.tls.key_pem[0] == '\0'))
+        return fail(err, errlen,
+                    "config keys 'grpc_api.tls.cert_pem' and 'grpc_api.tls.key_pem': both required "
+                    "with 'grpc_api.tls.enabled'");
     return 0;
 }
 

@@ -85,6 +85,7 @@ typedef struct us_config {
         char *metrics_address;      /* Separate /metrics + /health listener, with metrics_port. */
         int metrics_port;           /* 0: /metrics is served on the API port instead. */
         bool metrics_require_key;   /* /metrics on the API port asks for the API key. */
+        bool status_page;           /* Serve the status page at /status (query/status_page.h). */
     } query;
 
     /* Centrifugo OSS proxy endpoints of userstatus-query (/centrifugo/rpc, /centrifugo/refresh). */
@@ -104,6 +105,22 @@ typedef struct us_config {
         int64_t away_after_ms;     /* Away after this long without an `active` event. */
         int watch_max_streams;     /* Open watch streams per query process. */
     } changes;
+
+    /* The gRPC server API of userstatus-query (Centrifugo v6's grpc_api section). */
+    struct {
+        bool enabled;
+        char *address; /* Empty: every address of the host. */
+        int port;
+        char *key;        /* "authorization: apikey <key>"; empty only with api_insecure. */
+        char *error_mode; /* "" (errors in the response) or "transport" (gRPC statuses). */
+        int max_receive_message_size; /* Bytes. */
+        bool reflection;              /* Serve gRPC server reflection (grpcurl list). */
+        struct {
+            bool enabled;
+            char *cert_pem; /* PEM text, or the path of a PEM file. */
+            char *key_pem;
+        } tls;
+    } grpc_api;
 } us_config;
 
 /* One override from the command line: a key path ("user_status.redis_address") and its text. */

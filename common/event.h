@@ -29,6 +29,7 @@ typedef enum us_event_error {
     US_EVENT_ERR_VERSION,       /* "unsupported_version" */
     US_EVENT_ERR_KEY_MISMATCH,  /* "key_mismatch" */
     US_EVENT_ERR_BAD_UTF8,      /* "bad_utf8": `user` or `state` is not valid UTF-8 */
+    US_EVENT_ERR_COUNT          /* Not an error: the number of codes above. */
 } us_event_error;
 
 #define US_EVENT_VERSION 1

@@ -1,8 +1,9 @@
-/* userstatus-query: the Centrifugo-compatible user status HTTP API. */
+/* userstatus-query: the Centrifugo-compatible user status HTTP and gRPC APIs. */
 #include "api.h"
 #include "cli.h"
 #include "config.h"
 #include "core.h"
+#include "grpc.h"
 #include "log.h"
 #include "metrics.h"
 #include "producer.h"
@@ -40,6 +41,12 @@ int main(int argc, char **argv, char **envp)
         us_config_free(&cfg);
         return 1;
     }
+    char err[512];
+    if (us_grpc_check_config(&cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "userstatus-query: configuration error: %s\n", err);
+        us_config_free(&cfg);
+        return 1;
+    }
     if (check_only) {
         printf("configuration is valid\n");
         us_config_free(&cfg);
@@ -59,15 +66,19 @@ int main(int argc, char **argv, char **envp)
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     unsigned threads = cfg.query.threads > 0 ? (unsigned)cfg.query.threads
                                              : (unsigned)(cores > 0 ? cores : 1);
-    char err[512];
     us_redis_metrics_register();
     us_producer *producer = us_producer_new(&cfg, err, sizeof(err));
     us_reader *reader = producer ? us_reader_new(&cfg, (int)threads, err, sizeof(err)) : NULL;
     us_core *core = reader ? us_core_new(&cfg, producer, reader, err, sizeof(err)) : NULL;
-    us_api *api = core ? us_api_start(&cfg, core, producer, reader, threads, err, sizeof(err))
-                       : NULL;
+    /* gRPC before HTTP: once /health answers, both APIs listen. */
+    us_grpc *grpc = NULL;
+    int grpc_ok = core && (!cfg.grpc_api.enabled ||
+                           (grpc = us_grpc_start(&cfg, core, err, sizeof(err))) != NULL);
+    us_api *api = grpc_ok ? us_api_start(&cfg, core, producer, reader, threads, err, sizeof(err))
+                          : NULL;
     if (!api) {
         us_error("%s", err);
+        us_grpc_stop(grpc);
         us_reader_free(reader);
         us_core_free(core);
         us_producer_free(producer);
@@ -78,6 +89,7 @@ int main(int argc, char **argv, char **envp)
     while (!us_signals_stop_requested()) us_signals_wait(-1);
     us_info("shutting down");
     us_core_quiesce(core); /* Every request still waiting is answered now. */
+    us_grpc_stop(grpc);
     us_api_stop(api);
     us_reader_free(reader); /* Finishes (or fails, when Redis hangs) the reads still running. */
     us_core_free(core);     /* Waits for the events still in flight, bounded. */

@@ -172,7 +172,7 @@ static void *reader_main(void *arg)
         rd->rounds_busy--;
         pthread_mutex_unlock(&rd->mu);
     }
-    us_redis_free(t->redis);
+    /* t->redis is freed by us_reader_free after the join: it may still be interrupting it. */
     free(t->users);
     free(t->out);
     free(t);
@@ -341,6 +341,7 @@ void us_reader_free(us_reader *rd)
      * those of the jobs still queued) fail now. */
     for (int i = 0; i < rd->nthreads; i++) us_redis_interrupt(rd->redis[i]);
     for (int i = 0; i < rd->nthreads; i++) pthread_join(rd->threads[i], NULL);
+    for (int i = 0; i < rd->nthreads; i++) us_redis_free(rd->redis[i]);
     /* No thread reads inline any more (see reader.h): free their stores here, since threads that
      * outlive the reader would not run the key's destructor once it is deleted. */
     pthread_key_delete(rd->inline_key);

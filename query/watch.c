@@ -87,6 +87,7 @@ struct us_watch {
     size_t nstreams;
     int quiesced;
     _Atomic int stop;
+    _Atomic int ready; /* The changes topic is followed: no change published from now is missed. */
     rd_kafka_t *rk;
     pthread_t thread;
     int thread_started;
@@ -329,34 +330,44 @@ static void deliver(us_watch *w, const void *value, size_t len)
     us_jw_free(&out);
 }
 
-/* Appends a keep-alive comment to every stream. */
-static void keep_alive(us_watch *w)
+/* Appends text to every open stream, then, with close, ends each once drained. quiesce (under
+ * w->mu) refuses new streams from then on. */
+static void broadcast(us_watch *w, const char *text, size_t n, int close, int quiesce)
 {
-    static const char ping[] = ": keep-alive\n\n";
     pthread_mutex_lock(&w->mu);
-    size_t n = w->nstreams, k = 0;
-    stream **all = malloc((n ? n : 1) * sizeof(*all));
+    if (quiesce) w->quiesced = 1;
+    size_t total = w->nstreams, k = 0;
+    stream **all = malloc((total ? total : 1) * sizeof(*all));
     if (!all) abort();
-    for (stream *s = w->streams; s && k < n; s = s->next) {
+    for (stream *s = w->streams; s && k < total; s = s->next) {
         atomic_fetch_add(&s->refs, 1);
         all[k++] = s;
     }
     pthread_mutex_unlock(&w->mu);
     for (size_t i = 0; i < k; i++) {
-        stream_append(all[i], ping, sizeof(ping) - 1, 0);
+        stream_append(all[i], text, n, 0);
+        if (close) stream_close(all[i]);
         stream_unref(all[i]);
     }
     free(all);
+}
+
+static void keep_alive(us_watch *w)
+{
+    static const char ping[] = ": keep-alive\n\n";
+    broadcast(w, ping, sizeof(ping) - 1, 0, 0);
 }
 
 /* ---------------------------------------------------------------------------------------------
  * The changes-topic consumer.
  * ------------------------------------------------------------------------------------------ */
 
-/* Assigns every partition of the changes topic from its end. Returns 0, or -1 with err set when
- * the topic does not exist (yet) or the broker cannot be asked. */
+/* Creates the changes topic when missing and assigns every partition of it from its end. Returns
+ * 0, or -1 with err set when the broker cannot be asked. */
 static int assign_all(us_watch *w, char *err, size_t errlen)
 {
+    if (us_kafka_ensure_changes_topic(w->rk, w->cfg, WATCH_TOPIC_RETRY_MS, err, errlen) != 0)
+        return -1;
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(w->rk, w->cfg->changes.topic, NULL);
     const struct rd_kafka_metadata *md = NULL;
     rd_kafka_resp_err_t e = rd_kafka_metadata(w->rk, 0, rkt, &md, 5000);
@@ -383,6 +394,7 @@ static int assign_all(us_watch *w, char *err, size_t errlen)
         return -1;
     }
     us_info("watch: following %d partition(s) of '%s'", n, w->cfg->changes.topic);
+    atomic_store(&w->ready, 1);
     return 0;
 }
 
@@ -558,6 +570,11 @@ int us_watch_start(us_watch *w, struct MHD_Connection *conn, json_t *params, enu
     return 0;
 }
 
+int us_watch_ready(us_watch *w)
+{
+    return !w || atomic_load(&w->ready);
+}
+
 size_t us_watch_streams(us_watch *w)
 {
     if (!w) return 0;
@@ -571,22 +588,7 @@ void us_watch_quiesce(us_watch *w)
 {
     if (!w) return;
     static const char bye[] = "event: bye\ndata: {\"reason\":\"shutting down\"}\n\n";
-    pthread_mutex_lock(&w->mu);
-    w->quiesced = 1;
-    size_t n = w->nstreams, k = 0;
-    stream **all = malloc((n ? n : 1) * sizeof(*all));
-    if (!all) abort();
-    for (stream *s = w->streams; s && k < n; s = s->next) {
-        atomic_fetch_add(&s->refs, 1);
-        all[k++] = s;
-    }
-    pthread_mutex_unlock(&w->mu);
-    for (size_t i = 0; i < k; i++) {
-        stream_append(all[i], bye, sizeof(bye) - 1, 0);
-        stream_close(all[i]);
-        stream_unref(all[i]);
-    }
-    free(all);
+    broadcast(w, bye, sizeof(bye) - 1, 1, 1);
 }
 
 void us_watch_free(us_watch *w)

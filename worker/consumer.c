@@ -7,7 +7,9 @@
  * the batch and the dead-letter producer acknowledged every dead-lettered message of it. A batch is
  * everything the local queue holds (up to worker.batch_size messages), so when the batch is done
  * every message of every partition in it is done, and the stored offset (last offset + 1) never
- * skips an unfinished message.
+ * skips an unfinished message. With status changes on, "done" also means that the status change
+ * engine (worker/changes.c) published the batch's transitions, acknowledged, and recorded them in
+ * its deadline index; between batches it fires the deadlines that passed.
  *
  * Partitions are only revoked inside rd_kafka_consumer_poll(), from the rebalance callback. The
  * callback first finishes the batch in hand (so its offsets are stored while the partitions are
@@ -101,6 +103,8 @@ typedef struct worker {
 
     rd_kafka_message_t **msgs; /* The batch's messages, kept until their offsets are stored. */
     size_t nmsgs;
+    int64_t *event_ms;  /* Resolved time of each valid event of the batch (event age metric). */
+    size_t nevents;
     dlq_entry *dlq_entries;
     size_t ndlq;
     /* Delivery states of dlq_entries, tagged with the batch generation: a report arriving after
@@ -117,8 +121,14 @@ typedef struct worker {
     char redis_error[256];
 
     us_metric *m_applied, *m_dead, *m_batches, *m_users, *m_redis_errors, *m_dlq_errors,
-        *m_rebalances, *m_partitions, *m_kafka_errors, *m_last_batch_ms, *m_rewinds;
+        *m_rebalances, *m_partitions, *m_kafka_errors, *m_last_batch_ms, *m_rewinds, *m_event_age,
+        *m_lag;
+    us_metric *m_dlq_reason[US_EVENT_ERR_COUNT]; /* Dead-lettered events by reason. */
 } worker;
+
+/* Upper bounds of the event-age buckets: from "live" to "a consumer hours behind". Seconds. */
+static const double EVENT_AGE_BOUNDS[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,   2.5,
+                                          5,    10,    30,   60,  300,  900, 3600};
 
 /* Sleeps for the current backoff, then doubles it (bounded). Wakes early on shutdown. */
 static void backoff(worker *w, int64_t *delay_ms)
@@ -251,6 +261,7 @@ static void batch_release(worker *w)
     us_changes_reset(w->changes); /* So does this. */
     for (size_t i = 0; i < w->nmsgs; i++) rd_kafka_message_destroy(w->msgs[i]);
     w->nmsgs = 0;
+    w->nevents = 0;
     w->ndlq = 0;
     us_acks_reset(&w->dlq_acks); /* Reports still outstanding for this batch become stale. */
 }
@@ -373,6 +384,11 @@ static int batch_finish(worker *w, const rd_kafka_topic_partition_list_t *revoki
         return 0;
     }
     store_offsets(w);
+    int64_t now = us_now_ms();
+    for (size_t i = 0; i < w->nevents; i++)
+        us_metric_observe(w->m_event_age, (double)(now - w->event_ms[i]) / 1000.0);
+    for (size_t i = 0; i < w->ndlq; i++)
+        us_metric_add(w->m_dlq_reason[w->dlq_entries[i].error], 1);
     us_metric_add(w->m_applied, w->nmsgs - w->ndlq);
     us_metric_add(w->m_dead, w->ndlq);
     us_metric_add(w->m_users, w->batch.count);
@@ -404,6 +420,7 @@ static void batch_take(worker *w, rd_kafka_message_t *m)
         }
         if (t > now + w->cfg->user_status.max_clock_skew_ms) t = now;
         us_batch_add(&w->batch, &ev, t / 1000); /* Cannot fail: users <= messages <= capacity. */
+        w->event_ms[w->nevents++] = t;
         us_changes_add(w->changes, m, &ev, t);
         return;
     }
@@ -543,6 +560,30 @@ static int health(void *arg, char *msg, size_t msglen)
     return 1;
 }
 
+/* Samples userstatus_worker_consumer_lag at scrape time, from the HTTP thread: librdkafka's
+ * assignment, positions and cached watermarks are safe to read from any thread. */
+static void collect_lag(us_metric_sink *sink, void *arg)
+{
+    worker *w = arg;
+    if (!w->consumer) return;
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    if (rd_kafka_assignment(w->consumer, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR) return;
+    rd_kafka_position(w->consumer, parts);
+    for (int i = 0; i < parts->cnt; i++) {
+        const rd_kafka_topic_partition_t *p = &parts->elems[i];
+        int64_t low, high;
+        if (rd_kafka_get_watermark_offsets(w->consumer, p->topic, p->partition, &low, &high) !=
+                RD_KAFKA_RESP_ERR_NO_ERROR ||
+            high < 0)
+            continue;
+        int64_t pos = p->offset >= 0 ? p->offset : low; /* No position yet: from the start. */
+        char labels[64];
+        snprintf(labels, sizeof(labels), "partition=\"%d\"", (int)p->partition);
+        us_metric_sink_sample(sink, labels, (double)(high > pos ? high - pos : 0));
+    }
+    rd_kafka_topic_partition_list_destroy(parts);
+}
+
 static void register_metrics(worker *w)
 {
     w->m_applied = us_metric_counter("userstatus_worker_events_total{result=\"applied\"}",
@@ -568,6 +609,23 @@ static void register_metrics(worker *w)
                                      "consumed again.");
     w->m_last_batch_ms = us_metric_gauge("userstatus_worker_last_batch_milliseconds",
                                          "Time to finish the last batch.");
+    w->m_event_age = us_metric_histogram(
+        "userstatus_worker_event_age_seconds",
+        "Freshness of statuses: now minus the event's time when its Redis write was acknowledged.",
+        EVENT_AGE_BOUNDS, sizeof(EVENT_AGE_BOUNDS) / sizeof(EVENT_AGE_BOUNDS[0]));
+    /* The registry keeps names, so they live in static storage. */
+    static char dlq_names[US_EVENT_ERR_COUNT][96];
+    for (int e = US_EVENT_OK + 1; e < US_EVENT_ERR_COUNT; e++) {
+        snprintf(dlq_names[e], sizeof(dlq_names[e]), "userstatus_worker_dlq_total{reason=\"%s\"}",
+                 us_event_error_name((us_event_error)e));
+        w->m_dlq_reason[e] = us_metric_counter(dlq_names[e],
+                                               "Events dead-lettered (produced to the dead-letter "
+                                               "topic and acknowledged), by reason.");
+    }
+    w->m_lag = us_metric_gauge_collector("userstatus_worker_consumer_lag",
+                                         "Messages behind the partition's end (high watermark "
+                                         "minus this worker's position), per assigned partition.",
+                                         collect_lag, w);
 }
 
 static rd_kafka_t *create_dlq_producer(worker *w, char *err, size_t errlen)
@@ -695,8 +753,9 @@ int us_worker_run(const us_config *cfg, int metrics_port, volatile sig_atomic_t 
 
     size_t cap = (size_t)cfg->worker.batch_size;
     w.msgs = calloc(cap, sizeof(*w.msgs));
+    w.event_ms = calloc(cap, sizeof(*w.event_ms));
     w.dlq_entries = calloc(cap, sizeof(*w.dlq_entries));
-    if (!w.msgs || !w.dlq_entries || us_acks_init(&w.dlq_acks, cap) != 0 ||
+    if (!w.msgs || !w.event_ms || !w.dlq_entries || us_acks_init(&w.dlq_acks, cap) != 0 ||
         us_batch_init(&w.batch, cap) != 0) {
         us_error("out of memory for a batch of %zu messages", cap);
         goto out;
@@ -768,6 +827,7 @@ out:
     us_batch_free(&w.batch);
     us_event_decoder_destroy(&w.decoder);
     free(w.msgs);
+    free(w.event_ms);
     free(w.dlq_entries);
     us_acks_free(&w.dlq_acks);
     pthread_mutex_destroy(&w.redis_error_lock);

@@ -211,3 +211,35 @@ def test_supervisor_starts_a_worker_process_whose_fork_failed(ns):
     assert "starting worker process 0: fork: Resource temporarily unavailable" in sup.log(), sup.log()[-3000:]
     sup.stop_ok()
 
+
+
+def test_worker_freshness_dlq_reasons_and_lag_count_exactly_this_tests_events(ns, stack):
+    w, q = stack
+    t = now_ms() - 2000  # every event is at least 2 s old when applied
+    for i in range(20):
+        ns.producer.event("active", "fresh-%d" % i, time_ms=t)
+    ns.producer.send(b"\xc1 not msgpack", key="junk")            # malformed_msgpack
+    ns.producer.send(msgpack_bad_utf8_user(), key=b"\xff\xfe")  # bad_utf8
+    ns.producer.flush()
+    wait_until(lambda: "active" in status(q.url, "fresh-19"), what="the 20 events applied")
+
+    def worker_samples():
+        return metric_values(w.metrics_url)
+
+    s = wait_until(lambda: (lambda s: s if s.get('userstatus_worker_dlq_total{reason="bad_utf8"}') == 1 else None)(
+        worker_samples()), what="the dead letters counted")
+    assert s["userstatus_worker_event_age_seconds_count"] == 20
+    assert s["userstatus_worker_event_age_seconds_sum"] >= 20 * 2.0
+    assert s['userstatus_worker_event_age_seconds_bucket{le="1"}'] == 0
+    assert s['userstatus_worker_dlq_total{reason="malformed_msgpack"}'] == 1
+    assert s['userstatus_worker_dlq_total{reason="bad_utf8"}'] == 1
+    assert s['userstatus_worker_dlq_total{reason="key_mismatch"}'] == 0
+    lags = {k: v for k, v in s.items() if k.startswith("userstatus_worker_consumer_lag{")}
+    assert sorted(lags) == ['userstatus_worker_consumer_lag{partition="%d"}' % p for p in range(4)]
+    wait_until(lambda: all(v == 0 for k, v in worker_samples().items()
+                           if k.startswith("userstatus_worker_consumer_lag{")), what="lag to reach 0")
+
+
+def msgpack_bad_utf8_user():
+    """A msgpack event whose user is the str-typed bytes ff fe (not UTF-8)."""
+    return b"\x82\xa4type\xa6active\xa4user\xa2\xff\xfe"

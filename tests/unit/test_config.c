@@ -717,6 +717,98 @@ static void test_bad_changes_values_name_the_key(void **state)
 }
 
 
+/* The status page is off unless asked for: a service that never served HTML does not start to
+ * after an upgrade. */
+static void test_status_page_is_off_by_default_and_can_be_enabled(void **state)
+{
+    us_config cfg;
+    char err[256];
+    assert_int_equal(us_config_load(&cfg, NULL, NULL, NULL, 0, err, sizeof(err)), 0);
+    assert_false(cfg.query.status_page);
+    us_config_free(&cfg);
+
+    assert_int_equal(load_text(&cfg, "{\"query\": {\"status_page\": true}}", NULL, err,
+                               sizeof(err)),
+                     0);
+    assert_true(cfg.query.status_page);
+    us_config_free(&cfg);
+
+    char *envp[] = {"USERSTATUS_QUERY_STATUS_PAGE=true", NULL};
+    assert_int_equal(us_config_load(&cfg, NULL, envp, NULL, 0, err, sizeof(err)), 0);
+    assert_true(cfg.query.status_page);
+    us_config_free(&cfg);
+
+    const bad_config cases[] = {
+        {"{\"query\": {\"status_page\": \"yes\"}}", "'query.status_page'"},
+        {"{\"query\": {\"status_page\": 1}}", "'query.status_page'"},
+    };
+    assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+static void test_grpc_api_defaults(void **state)
+{
+    us_config cfg;
+    char err[256];
+    assert_int_equal(us_config_load(&cfg, NULL, NULL, NULL, 0, err, sizeof(err)), 0);
+    assert_false(cfg.grpc_api.enabled);
+    assert_string_equal(cfg.grpc_api.address, "");
+    assert_int_equal(cfg.grpc_api.port, 10000);
+    assert_string_equal(cfg.grpc_api.key, "");
+    assert_string_equal(cfg.grpc_api.error_mode, "");
+    assert_int_equal(cfg.grpc_api.max_receive_message_size, 4 * 1024 * 1024);
+    assert_false(cfg.grpc_api.reflection);
+    assert_false(cfg.grpc_api.tls.enabled);
+    assert_string_equal(cfg.grpc_api.tls.cert_pem, "");
+    assert_string_equal(cfg.grpc_api.tls.key_pem, "");
+    us_config_free(&cfg);
+}
+
+/* Centrifugo v6's grpc_api section as written, its nested tls section included; the environment
+ * reaches the nested keys too. */
+static void test_grpc_api_section_from_file_and_environment(void **state)
+{
+    us_config cfg;
+    char err[256];
+    char *envp[] = {"USERSTATUS_GRPC_API_TLS_KEY_PEM=/etc/us/key.pem",
+                    "USERSTATUS_GRPC_API_PORT=10001", NULL};
+    const char *json = "{\"grpc_api\": {\"enabled\": true, \"address\": \"127.0.0.1\","
+                       " \"port\": 11000, \"key\": \"gk\", \"error_mode\": \"transport\","
+                       " \"max_receive_message_size\": 65536, \"reflection\": true,"
+                       " \"tls\": {\"enabled\": true, \"cert_pem\": \"/etc/us/cert.pem\","
+                       " \"key_pem\": \"x\"}}}";
+    assert_int_equal(load_text(&cfg, json, envp, err, sizeof(err)), 0);
+    assert_true(cfg.grpc_api.enabled);
+    assert_string_equal(cfg.grpc_api.address, "127.0.0.1");
+    assert_int_equal(cfg.grpc_api.port, 10001);
+    assert_string_equal(cfg.grpc_api.key, "gk");
+    assert_string_equal(cfg.grpc_api.error_mode, "transport");
+    assert_int_equal(cfg.grpc_api.max_receive_message_size, 65536);
+    assert_true(cfg.grpc_api.reflection);
+    assert_true(cfg.grpc_api.tls.enabled);
+    assert_string_equal(cfg.grpc_api.tls.cert_pem, "/etc/us/cert.pem");
+    assert_string_equal(cfg.grpc_api.tls.key_pem, "/etc/us/key.pem");
+    us_config_free(&cfg);
+}
+
+static void test_bad_grpc_api_values_name_the_key(void **state)
+{
+    const bad_config cases[] = {
+        {"{\"grpc_api\": {\"error_mode\": \"status\"}}", "'grpc_api.error_mode'"},
+        {"{\"grpc_api\": {\"port\": 0}}", "'grpc_api.port'"},
+        {"{\"grpc_api\": {\"max_receive_message_size\": \"4MB\"}}",
+         "'grpc_api.max_receive_message_size'"},
+        {"{\"grpc_api\": {\"max_receive_message_size\": 10}}",
+         "'grpc_api.max_receive_message_size'"},
+        {"{\"grpc_api\": {\"tls\": {\"enabled\": true}}}", "'grpc_api.tls.cert_pem'"},
+        {"{\"grpc_api\": {\"tls\": {\"cert\": \"x\"}}}", "'grpc_api.tls.cert'"},
+        {"{\"grpc_api\": {\"tls\": true}}", "'grpc_api.tls'"},
+        {"{\"grpc_api\": {\"reflection\": \"yes\"}}", "'grpc_api.reflection'"},
+        {"{\"grpc_api\": {\"reflect\": true}}", "'grpc_api.reflect'"},
+        {"{\"tls\": {\"enabled\": true}}", "'tls'"}, /* Only as a section of grpc_api. */
+    };
+    assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -754,6 +846,10 @@ int main(void)
         cmocka_unit_test(test_changes_defaults),
         cmocka_unit_test(test_changes_section_from_file_and_environment),
         cmocka_unit_test(test_bad_changes_values_name_the_key),
+        cmocka_unit_test(test_status_page_is_off_by_default_and_can_be_enabled),
+        cmocka_unit_test(test_grpc_api_defaults),
+        cmocka_unit_test(test_grpc_api_section_from_file_and_environment),
+        cmocka_unit_test(test_bad_grpc_api_values_name_the_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
