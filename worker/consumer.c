@@ -57,8 +57,8 @@ typedef enum dlq_state { DLQ_PENDING, DLQ_DELIVERED, DLQ_FAILED } dlq_state;
 
 /* A message of the batch that goes to the dead-letter topic. */
 typedef struct dlq_entry {
-    size_t msg; /* Index into worker.msgs. */
-    us_event_error error;
+    size_t msg;         /* Index into worker.msgs. */
+    const char *reason; /* Header userstatus-error: us_event_error_name(), or "redis_error". */
     char detail[DETAIL_MAX];
     _Atomic int state; /* dlq_state, written by the delivery report callback. */
 } dlq_entry;
@@ -76,6 +76,7 @@ typedef struct worker {
     size_t nmsgs;
     dlq_entry *dlq_entries;
     size_t ndlq;
+    uint8_t *refused; /* Per user of the batch: Redis refused its writes (us_redis_apply). */
 
     int assigned_once; /* The group has completed a rebalance with us in it. */
 
@@ -132,7 +133,7 @@ static int dlq_produce(worker *w, dlq_entry *e)
     char partition[16], offset[24];
     snprintf(partition, sizeof(partition), "%d", (int)m->partition);
     snprintf(offset, sizeof(offset), "%lld", (long long)m->offset);
-    rd_kafka_header_add(hdrs, "userstatus-error", -1, us_event_error_name(e->error), -1);
+    rd_kafka_header_add(hdrs, "userstatus-error", -1, e->reason, -1);
     rd_kafka_header_add(hdrs, "userstatus-error-detail", -1, e->detail, -1);
     rd_kafka_header_add(hdrs, "userstatus-original-topic", -1, rd_kafka_topic_name(m->rkt), -1);
     rd_kafka_header_add(hdrs, "userstatus-original-partition", -1, partition, -1);
@@ -177,12 +178,38 @@ static int dlq_settle(worker *w)
     }
 }
 
+/* Dead-letters every message of the users whose writes Redis refused (reason "redis_error"): one
+ * bad key must not hold the partition. Messages already dead-lettered as malformed are skipped. */
+static void dead_letter_refused(worker *w, int nrefused, const char *why)
+{
+    size_t before = w->ndlq;
+    for (size_t i = 0; i < w->nmsgs; i++) {
+        const rd_kafka_message_t *m = w->msgs[i];
+        us_event ev;
+        char detail[DETAIL_MAX];
+        if (us_event_decode(&w->decoder, m->payload, m->len, m->key, m->key_len, &ev, detail,
+                            sizeof(detail)) != US_EVENT_OK)
+            continue;
+        long u = us_batch_find(&w->batch, ev.user, ev.user_len);
+        if (u < 0 || !w->refused[u]) continue;
+        dlq_entry *e = &w->dlq_entries[w->ndlq++];
+        e->msg = i;
+        e->reason = "redis_error";
+        snprintf(e->detail, sizeof(e->detail), "%.*s", DETAIL_MAX - 1, why);
+        dlq_produce(w, e);
+    }
+    us_warn("redis refused the writes of %d user(s): %s; dead-lettered their %zu message(s)",
+            nrefused, why, w->ndlq - before);
+}
+
 /* Writes the batch to Redis, retrying until success. Returns 0, or -1 on shutdown. */
 static int redis_settle(worker *w)
 {
     int64_t delay = RETRY_BACKOFF_MIN_MS;
     char err[256];
-    while (us_redis_apply(w->redis, w->batch.updates, w->batch.count, err, sizeof(err)) != 0) {
+    int nrefused;
+    while ((nrefused = us_redis_apply(w->redis, w->batch.updates, w->batch.count, w->refused, err,
+                                      sizeof(err))) < 0) {
         us_metric_add(w->m_redis_errors, 1);
         atomic_store(&w->redis_healthy, 0);
         snprintf(w->redis_error, sizeof(w->redis_error), "%s", err);
@@ -194,6 +221,7 @@ static int redis_settle(worker *w)
     }
     if (!atomic_load(&w->redis_healthy)) us_info("redis writes succeed again");
     atomic_store(&w->redis_healthy, 1);
+    if (nrefused > 0) dead_letter_refused(w, nrefused, err);
     return 0;
 }
 
@@ -233,7 +261,7 @@ static void batch_finish(worker *w)
 {
     if (w->nmsgs == 0) return;
     int64_t started = now_ms();
-    if (dlq_settle(w) != 0 || redis_settle(w) != 0) {
+    if (dlq_settle(w) != 0 || redis_settle(w) != 0 || dlq_settle(w) != 0) {
         us_warn("shutting down with a batch of %zu messages not fully written; their offsets are "
                 "not stored, so they will be consumed again",
                 w->nmsgs);
@@ -275,7 +303,7 @@ static void batch_take(worker *w, rd_kafka_message_t *m)
     }
     dlq_entry *e = &w->dlq_entries[w->ndlq++];
     e->msg = idx;
-    e->error = err;
+    e->reason = us_event_error_name(err);
     snprintf(e->detail, sizeof(e->detail), "%s", detail);
     us_warn("dead-lettering %s[%d]@%lld: %s: %s", rd_kafka_topic_name(m->rkt), (int)m->partition,
             (long long)m->offset, us_event_error_name(err), detail);
@@ -520,7 +548,8 @@ int us_worker_run(const us_config *cfg, int metrics_port, volatile sig_atomic_t 
     size_t cap = (size_t)cfg->worker.batch_size;
     w.msgs = calloc(cap, sizeof(*w.msgs));
     w.dlq_entries = calloc(cap, sizeof(*w.dlq_entries));
-    if (!w.msgs || !w.dlq_entries || us_batch_init(&w.batch, cap) != 0) {
+    w.refused = calloc(cap, 1);
+    if (!w.msgs || !w.dlq_entries || !w.refused || us_batch_init(&w.batch, cap) != 0) {
         us_error("out of memory for a batch of %zu messages", cap);
         goto out;
     }
@@ -585,6 +614,7 @@ out:
     us_event_decoder_destroy(&w.decoder);
     free(w.msgs);
     free(w.dlq_entries);
+    free(w.refused);
     us_metrics_free_all();
     return rc;
 }
