@@ -7,11 +7,12 @@
 
 #define MASKED_ADDR_MAX 600 /* Bytes of an address quoted in an error message. */
 
-/* Copies text into out with the password of a redis://user:pass@ address replaced by "***", so
+/* Copies text into out with the password of a scheme://user:pass@ address replaced by "***", so
  * that error messages and logs never carry it. */
 static void mask_password(const char *text, char *out, size_t cap)
 {
-    const char *p = strncmp(text, "redis://", 8) == 0 ? text + 8 : NULL;
+    const char *p = strstr(text, "://");
+    if (p) p += 3;
     const char *at = p ? strrchr(p, '@') : NULL;
     if (!at) {
         snprintf(out, cap, "%s", text);
