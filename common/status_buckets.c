@@ -96,8 +96,10 @@ struct us_status_model {
     size_t *lens;
     char (*nums)[24];
     size_t argv_cap;
-    char key[3][KEY_MAX]; /* Keys a, o, s of the bucket being routed or appended. */
+    char key[3][KEY_MAX]; /* Keys a, o, s of the bucket being routed or appended ... */
     size_t klen[3];
+    uint64_t key_place; /* ... whose place this is (UINT64_MAX: none yet). */
+    size_t prefix_len;
 };
 
 static us_metric *m_trims, *m_trimmed, *m_over, *m_max;
@@ -131,10 +133,32 @@ uint32_t us_bucket_of(const char *user, size_t user_len, uint32_t nbuckets)
     return (uint32_t)us_jump_hash(us_mix64(us_fnv1a64(user, user_len)), (int32_t)nbuckets);
 }
 
+/* Writes "<prefix>:{<bucket>}:<kind>" into buf without printf (this is on every read's path). */
+static int bucket_key(const char *prefix, size_t plen, uint32_t bucket, char kind, char *buf,
+                      size_t cap)
+{
+    char digits[10];
+    int nd = 0;
+    do digits[nd++] = (char)('0' + bucket % 10);
+    while ((bucket /= 10) > 0);
+    size_t len = plen + 2 + (size_t)nd + 3;
+    if (len + 1 > cap) return -1;
+    char *p = buf;
+    memcpy(p, prefix, plen);
+    p += plen;
+    *p++ = ':';
+    *p++ = '{';
+    while (nd > 0) *p++ = digits[--nd];
+    *p++ = '}';
+    *p++ = ':';
+    *p++ = kind;
+    *p = '\0';
+    return (int)len;
+}
+
 int us_bucket_key(const char *prefix, uint32_t bucket, char kind, char *buf, size_t cap)
 {
-    int n = snprintf(buf, cap, "%s:{%" PRIu32 "}:%c", prefix, bucket, kind);
-    return n < 0 || (size_t)n >= cap ? -1 : n;
+    return bucket_key(prefix, strlen(prefix), bucket, kind, buf, cap);
 }
 
 int64_t us_bucket_cutoff(int64_t now_ms, int64_t expire_ms)
@@ -169,6 +193,8 @@ static us_status_model *create(const us_config *cfg, size_t nshards, char *err, 
     if (!m) abort();
     m->prefix = strdup(cfg->user_status.redis_prefix);
     if (!m->prefix) abort();
+    m->prefix_len = strlen(m->prefix);
+    m->key_place = UINT64_MAX;
     m->expire_ms = cfg->user_status.expire_interval_ms;
     m->trim_period_ms = m->expire_ms / TRIM_PERIOD_DIVISOR;
     if (m->trim_period_ms > TRIM_PERIOD_MAX_MS) m->trim_period_ms = TRIM_PERIOD_MAX_MS;
@@ -251,10 +277,15 @@ static void group_users(us_status_model *m, size_t n, const char *(*user)(const 
 /* Sets m->key[0..2] to the keys a, o, s of a bucket. */
 static void set_keys(us_status_model *m, uint64_t place)
 {
-    static const char kinds[3] = {'a', 'o', 's'};
+    if (place == m->key_place) return; /* Routed just before being appended. */
     uint32_t bucket = (uint32_t)(place % m->nbuckets);
-    for (int k = 0; k < 3; k++)
-        m->klen[k] = (size_t)us_bucket_key(m->prefix, bucket, kinds[k], m->key[k], KEY_MAX);
+    m->klen[0] = (size_t)bucket_key(m->prefix, m->prefix_len, bucket, 'a', m->key[0], KEY_MAX);
+    for (int k = 1; k < 3; k++) {
+        memcpy(m->key[k], m->key[0], m->klen[0] + 1);
+        m->key[k][m->klen[0] - 1] = "aos"[k];
+        m->klen[k] = m->klen[0];
+    }
+    m->key_place = place;
 }
 
 static void route_group(us_status_model *m, size_t g, size_t *shard, const char **key,
