@@ -38,6 +38,7 @@ typedef struct us_pipe_plan {
 
 struct us_pipe_sink {
     redisContext *c;
+    us_pipeline *p;
     int asking;   /* Send ASKING first (the item was redirected by ASK). */
     int in_multi; /* Inside MULTI: the asking flag set before it still holds. */
     uint32_t count;
@@ -67,6 +68,46 @@ static int is_word(const char *argv0, size_t len, const char *word)
     return len == strlen(word) && strncasecmp(argv0, word, len) == 0;
 }
 
+/* Writes the decimal digits of v at p; returns their number. */
+static size_t put_uint(char *p, size_t v)
+{
+    char tmp[24];
+    size_t n = 0;
+    do tmp[n++] = (char)('0' + v % 10);
+    while ((v /= 10) > 0);
+    for (size_t i = 0; i < n; i++) p[i] = tmp[n - 1 - i];
+    return n;
+}
+
+/* Formats a command in RESP into the pipeline's scratch buffer and appends it: hiredis'
+ * redisAppendCommandArgv formats through sdscatfmt, which costs more than the rest of the client
+ * side of a bucket read together. */
+static void append_argv(us_pipe_sink *s, int argc, const char **argv, const size_t *lens)
+{
+    us_pipeline *p = s->p;
+    size_t need = 16;
+    for (int i = 0; i < argc; i++) need += lens[i] + 32;
+    if (need > p->fmt_cap) {
+        free(p->fmt);
+        p->fmt_cap = need * 2;
+        p->fmt = malloc(p->fmt_cap);
+        if (!p->fmt) abort();
+    }
+    char *o = p->fmt;
+    *o++ = '*';
+    o += put_uint(o, (size_t)argc);
+    *o++ = '\r', *o++ = '\n';
+    for (int i = 0; i < argc; i++) {
+        *o++ = '$';
+        o += put_uint(o, lens[i]);
+        *o++ = '\r', *o++ = '\n';
+        memcpy(o, argv[i], lens[i]);
+        o += lens[i];
+        *o++ = '\r', *o++ = '\n';
+    }
+    redisAppendFormattedCommand(s->c, p->fmt, (size_t)(o - p->fmt));
+}
+
 void us_pipe_cmd(us_pipe_sink *s, int argc, const char **argv, const size_t *lens)
 {
     if (s->asking && !s->in_multi) {
@@ -74,7 +115,7 @@ void us_pipe_cmd(us_pipe_sink *s, int argc, const char **argv, const size_t *len
         if (s->count < 32) s->asking_bits |= 1u << s->count;
         s->count++;
     }
-    redisAppendCommandArgv(s->c, argc, argv, lens);
+    append_argv(s, argc, argv, lens);
     s->count++;
     if (is_word(argv[0], lens[0], "MULTI")) s->in_multi = 1;
     if (is_word(argv[0], lens[0], "EXEC")) s->in_multi = 0;
@@ -117,6 +158,7 @@ void us_pipeline_release(us_pipeline *p)
     free(p->plans);
     free(p->todo);
     free(p->retry);
+    free(p->fmt);
     memset(p, 0, sizeof(*p));
 }
 
@@ -230,7 +272,7 @@ int us_pipeline_run(us_pipeline *p, const us_pipe_op *op, char *err, size_t errl
                 return -1;
             }
             us_redis_node *n = &t->nodes[idx];
-            us_pipe_sink s = {n->c, pl->ask_node != US_NO_NODE, 0, 0, 0};
+            us_pipe_sink s = {n->c, p, pl->ask_node != US_NO_NODE, 0, 0, 0};
             op->append(op->ctx, i, &s);
             if (s.count > US_PIPE_MAX_GROUP_REPLIES) {
                 snprintf(err, errlen, "redis: an item of %u commands exceeds the limit of %d",

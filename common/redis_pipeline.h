@@ -44,6 +44,8 @@ typedef struct us_pipeline {
     struct us_pipe_plan *plans;
     size_t *todo, *retry;
     size_t cap;
+    char *fmt; /* A command being formatted. */
+    size_t fmt_cap;
 } us_pipeline;
 
 /* Runs op over p->topo. Returns 0 when every item was answered (consumed or refused), or -1 with

@@ -99,7 +99,7 @@ def deep_merge(base, over):
 
 MASK64 = 0xFFFFFFFFFFFFFFFF
 EXPECTED_USERS = 10_000_000  # default of user_status.expected_users
-BUCKET_TARGET_MEMBERS = 100
+BUCKET_TARGET_MEMBERS = 50
 
 
 def fnv1a64(data: bytes) -> int:
