@@ -7,7 +7,7 @@
  *   <prefix>:{b}:a   sorted set, member = user id, score = last active time (Unix seconds)
  *   <prefix>:{b}:o   sorted set, member = user id, score = last online time
  *   <prefix>:{b}:s   hash, field = user id, value = state (only users that have one)
- * With ~50 users per bucket each structure stays a listpack: ~29 bytes per user instead of ~145
+ * With ~50 users per bucket each structure stays a listpack: ~30 bytes per user instead of ~145
  * for a key per user. An overflowing bucket turns into a skiplist/hashtable: more memory, same
  * answers.
  *

@@ -2,7 +2,7 @@
  *
  * Two models sit behind one small interface, chosen by user_status.storage:
  *   "buckets"  (status_buckets.c, the default): users grouped into buckets by a hash of the id,
- *              two sorted sets and a hash per bucket, ~29 bytes per user;
+ *              two sorted sets and a hash per bucket, ~30 bytes per user;
  *   "per_user" (status_per_user.c): one sorted set per user, ~170 bytes per user.
  * Both keep the same promises: max-merge, expiry after the last update, state, delete, every
  * topology (docs/choices.md). The pipelining and routing are redis_pipeline.c's. */
@@ -64,7 +64,7 @@ int us_redis_key(const char *prefix, const char *user, size_t user_len, char *bu
  * ------------------------------------------------------------------------------------------ */
 
 /* Users per bucket at the expected user count. Redis keeps a sorted set of up to 128 members as a
- * compact listpack, whose look-ups and inserts are linear: at 50 a bucket costs ~29 bytes per user
+ * compact listpack, whose look-ups and inserts are linear: at 50 a bucket costs ~30 bytes per user
  * (28 at 100) for ~20% less Redis time per write than at 100, and the user count may grow 2.5x
  * past the expected one before buckets overflow. */
 #define US_BUCKET_TARGET_MEMBERS 50

@@ -16,7 +16,9 @@
  * those messages again from the last commit.
  *
  * Redis failures are retried with exponential backoff forever (until shutdown): an event is never
- * dropped, offsets simply do not move until Redis is back. */
+ * dropped, offsets simply do not move until Redis is back. Only a write Redis refuses because of
+ * its key (WRONGTYPE: something else wrote it) is not retried: that user's messages are
+ * dead-lettered with reason redis_error, and the batch goes on. */
 #include "worker.h"
 
 #include "admin_http.h"
