@@ -87,7 +87,7 @@ struct us_status_model {
     int64_t ttl_ms; /* expire_ms + trim_period_ms */
     size_t nshards;
     uint32_t nbuckets; /* Per shard. */
-    uint32_t *last_trim; /* Per (shard, bucket): monotonic ms of this process' last trim, 0 never. */
+    uint32_t *last_trim; /* Per (shard, bucket): monotonic ms of our last trim; 0: never. */
 
     entry *entries;
     group *groups;
@@ -483,7 +483,8 @@ static int apply(us_status_model *m, us_pipeline *p, const us_user_update *updat
     group_users(m, n, update_user, updates);
     for (size_t g = 0; g < m->ngroups; g++) {
         uint32_t last = m->last_trim[m->groups[g].place];
-        m->groups[g].trim = last == 0 || (int64_t)(uint32_t)(c.now_mono - last) >= m->trim_period_ms;
+        int64_t since = (int64_t)(uint32_t)(c.now_mono - last); /* Wraps every 49 days. */
+        m->groups[g].trim = last == 0 || since >= m->trim_period_ms;
     }
     us_pipe_op op = {m->ngroups, &c, apply_route, apply_append, apply_consume, apply_refused};
     if (us_pipeline_run(p, &op, err, errlen) != 0) return -1;

@@ -56,7 +56,8 @@ extern const us_status_model_ops us_status_buckets;
  * Per-user model: key layout (pure, tested without Redis).
  * ------------------------------------------------------------------------------------------ */
 
-/* Writes "<prefix>:<user>" into buf (cap bytes). Returns the key length, or -1 if it does not fit. */
+/* Writes "<prefix>:<user>" into buf (cap bytes). Returns the key length, or -1 if it does not
+ * fit. */
 int us_redis_key(const char *prefix, const char *user, size_t user_len, char *buf, size_t cap);
 
 /* ---------------------------------------------------------------------------------------------

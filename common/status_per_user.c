@@ -1,9 +1,9 @@
 /* Implementation of the per-user status model: one sorted set per user (docs/choices.md).
  *
  * Key "<prefix>:<user>", members `a` and `o` scored by the active and online times (Unix seconds),
- * and at most one member `s:<state>` scored -1. A write is one MULTI/EXEC per user -- DEL when the
- * batch deleted the user, the state replace, ZADD GT (Redis keeps the maximum) and PEXPIRE -- so the
- * key never exists without its TTL. A read is one ZRANGE ... WITHSCORES per user. */
+ * and at most one member `s:<state>` scored -1. A write is one MULTI/EXEC per user -- DEL when
+ * the batch deleted the user, the state replace, ZADD GT (Redis keeps the maximum) and PEXPIRE --
+ * so the key never exists without its TTL. A read is one ZRANGE ... WITHSCORES per user. */
 #include "status_model.h"
 
 #include "hash.h"

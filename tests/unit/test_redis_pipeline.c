@@ -110,7 +110,8 @@ static void *fake_run(void *arg)
     while (!f->stop) {
         struct pollfd pfd[FAKE_CONNS + 1];
         pfd[0] = (struct pollfd){f->lfd, POLLIN, 0};
-        for (int i = 0; i < FAKE_CONNS; i++) pfd[i + 1] = (struct pollfd){f->conns[i].fd, POLLIN, 0};
+        for (int i = 0; i < FAKE_CONNS; i++)
+            pfd[i + 1] = (struct pollfd){f->conns[i].fd, POLLIN, 0};
         if (poll(pfd, FAKE_CONNS + 1, 20) <= 0) continue;
         if (pfd[0].revents & POLLIN) {
             int fd = accept(f->lfd, NULL, NULL);
@@ -313,8 +314,8 @@ static int wrongtype_in_exec_of_item_1(fake *f, fake_conn *c, const redisReply *
     if (is_cmd(cmd, 0, "EXEC") && f->state == 1) {
         f->state = 0;
         c->in_multi = 0;
-        return snprintf(out, cap,
-                        "*1\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n");
+        return snprintf(out, cap, "*1\r\n-WRONGTYPE Operation against a key holding the wrong "
+                                  "kind of value\r\n");
     }
     return default_reply(c, cmd, out, cap);
 }
@@ -350,7 +351,8 @@ static int slot_map(fake *f, char *out, size_t cap, int moved_slot)
     int n = snprintf(out, cap, "*%d\r\n", 1 + (moved_slot > 0) + (moved_slot < 16383));
     if (moved_slot > 0)
         n += snprintf(out + n, cap - (size_t)n,
-                      "*3\r\n:0\r\n:%d\r\n*2\r\n$9\r\n127.0.0.1\r\n:%d\r\n", moved_slot - 1, f->port);
+                      "*3\r\n:0\r\n:%d\r\n*2\r\n$9\r\n127.0.0.1\r\n:%d\r\n", moved_slot - 1,
+                      f->port);
     n += snprintf(out + n, cap - (size_t)n, "*3\r\n:%d\r\n:%d\r\n*2\r\n$9\r\n127.0.0.1\r\n:%d\r\n",
                   moved_slot, moved_slot, f->peer_port);
     if (moved_slot < 16383)
@@ -384,7 +386,8 @@ static int ask_item_3(fake *f, fake_conn *c, const redisReply *cmd, char *out, s
     }
     if (is_cmd(cmd, 0, "EXEC") && c->queued < 0) {
         c->in_multi = 0;
-        return snprintf(out, cap, "-EXECABORT Transaction discarded because of previous errors.\r\n");
+        return snprintf(out, cap,
+                        "-EXECABORT Transaction discarded because of previous errors.\r\n");
     }
     return default_reply(c, cmd, out, cap);
 }
@@ -518,8 +521,9 @@ static int many_ranges(fake *f, fake_conn *c, const redisReply *cmd, char *out, 
     int n = snprintf(out, cap, "*%d\r\n", ranges);
     for (int k = 0; k < ranges; k++) {
         int first = k * 3, last = first + 2 > 16383 ? 16383 : first + 2;
-        n += snprintf(out + n, cap - (size_t)n, "*3\r\n:%d\r\n:%d\r\n*2\r\n$9\r\n127.0.0.1\r\n:%d\r\n",
-                      first, last, k % 2 ? f->peer_port : f->port);
+        n += snprintf(out + n, cap - (size_t)n,
+                      "*3\r\n:%d\r\n:%d\r\n*2\r\n$9\r\n127.0.0.1\r\n:%d\r\n", first, last,
+                      k % 2 ? f->peer_port : f->port);
     }
     return n;
 }
