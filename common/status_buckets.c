@@ -43,6 +43,7 @@
 #define KEY_MAX 512                  /* Bytes of a bucket key: prefix + ":{4294967295}:a". */
 #define TRIM_PERIOD_DIVISOR 16       /* Trim a bucket every expire_interval / this ... */
 #define TRIM_PERIOD_MAX_MS 86400000  /* ... but at least daily (milliseconds). */
+#define TRIM_TABLE_MAX (1 << 20)     /* Entries (8 bytes each) remembering our last trims. */
 
 /* KEYS: a, o, s. ARGV: cutoff (Unix seconds; users whose times are all older go), TTL (ms).
  * Returns {users removed, members of a, members of o}. */
@@ -67,6 +68,14 @@ static const char TRIM_SCRIPT[] =
     "for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end\n"
     "return {#gone, redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])}\n";
 
+/* When this process last trimmed a bucket. The table has a slot per bucket up to TRIM_TABLE_MAX
+ * slots; beyond, buckets share slots, and the tag tells whose time a slot holds: a bucket whose
+ * slot holds another's time counts as never trimmed, so sharing only ever adds trims. */
+struct trim_slot {
+    uint32_t tag;  /* place / ntrims of the bucket whose time this is. */
+    uint32_t last; /* Monotonic milliseconds (wrapping); 0: never. */
+};
+
 /* One user of an operation, sorted by (shard, bucket). */
 typedef struct entry {
     uint64_t place; /* shard * nbuckets + bucket */
@@ -87,7 +96,8 @@ struct us_status_model {
     int64_t ttl_ms; /* expire_ms + trim_period_ms */
     size_t nshards;
     uint32_t nbuckets; /* Per shard. */
-    uint32_t *last_trim; /* Per (shard, bucket): monotonic ms of our last trim; 0: never. */
+    struct trim_slot *trims; /* When this process last trimmed each bucket (trim_slot). */
+    size_t ntrims;
 
     entry *entries;
     group *groups;
@@ -209,7 +219,7 @@ static void destroy(us_status_model *m)
 {
     if (!m) return;
     free(m->prefix);
-    free(m->last_trim);
+    free(m->trims);
     free(m->entries);
     free(m->groups);
     free(m->argv);
@@ -438,7 +448,9 @@ static void apply_consume(void *arg, size_t gi, redisReply **replies, size_t nre
     us_status_model *m = c->m;
     const group *g = &m->groups[gi];
     if (!g->trim) return;
-    m->last_trim[g->place] = c->now_mono;
+    struct trim_slot *t = &m->trims[g->place % m->ntrims];
+    t->tag = (uint32_t)(g->place / m->ntrims);
+    t->last = c->now_mono;
     const redisReply *exec = nreplies ? replies[nreplies - 1] : NULL;
     if (!exec || exec->type != REDIS_REPLY_ARRAY || exec->elements == 0) return;
     const redisReply *r = exec->element[0]; /* The trim script's {removed, |a|, |o|}. */
@@ -474,15 +486,19 @@ static int apply(us_status_model *m, us_pipeline *p, const us_user_update *updat
 {
     memset(refused, 0, n);
     if (n == 0) return 0;
-    if (!m->last_trim) {
-        m->last_trim = calloc((size_t)m->nshards * m->nbuckets, sizeof(uint32_t));
-        if (!m->last_trim) abort();
+    if (!m->trims) {
+        uint64_t places = (uint64_t)m->nshards * m->nbuckets;
+        m->ntrims = places < TRIM_TABLE_MAX ? (size_t)places : TRIM_TABLE_MAX;
+        m->trims = calloc(m->ntrims, sizeof(*m->trims));
+        if (!m->trims) abort();
     }
     apply_ctx c = {m,      updates, refused, 0, 0, err,
                    errlen, us_bucket_cutoff(wall_ms(), m->expire_ms), mono_ms()};
     group_users(m, n, update_user, updates);
     for (size_t g = 0; g < m->ngroups; g++) {
-        uint32_t last = m->last_trim[m->groups[g].place];
+        uint64_t place = m->groups[g].place;
+        const struct trim_slot *t = &m->trims[place % m->ntrims];
+        uint32_t last = t->tag == (uint32_t)(place / m->ntrims) ? t->last : 0;
         int64_t since = (int64_t)(uint32_t)(c.now_mono - last); /* Wraps every 49 days. */
         m->groups[g].trim = last == 0 || since >= m->trim_period_ms;
     }
