@@ -376,7 +376,8 @@ static void test_slot_map_of_more_than_4096_ranges(void **state)
 
 int main(void)
 {
-    signal(SIGPIPE, SIG_IGN); /* As the programs do: a node closing mid-write is an error, not death. */
+    /* As the programs do: a node closing mid-write is an error, not the end of the process. */
+    signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fatal_error_mid_pipeline_fails_the_op_and_keeps_connections_in_step),
         cmocka_unit_test(test_key_error_inside_exec_refuses_only_its_item),

@@ -247,7 +247,8 @@ static void test_per_user_writes_are_one_transaction_per_user(void **state)
 
 int main(void)
 {
-    signal(SIGPIPE, SIG_IGN); /* As the programs do: a node closing mid-write is an error, not death. */
+    /* As the programs do: a node closing mid-write is an error, not the end of the process. */
+    signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bucket_reads_hide_expired_users_and_their_state),
         cmocka_unit_test(test_per_user_reads_parse_a_sorted_set_per_user),
