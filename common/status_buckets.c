@@ -22,13 +22,19 @@
  * ------
  * A user expires expire_interval after its latest active/online time: reads treat a user whose
  * times are both older than the cutoff as absent (state included), so expiry is exact whatever is
- * still stored. Stored bytes are bounded by trimming: before writing a bucket, at most once per
- * trim period (expire_interval / TRIM_PERIOD_DIVISOR, at most TRIM_PERIOD_MAX_MS) per bucket per
+ * still stored. Stored bytes are bounded by trimming: before writing a bucket, once per trim
+ * period (expire_interval / TRIM_PERIOD_DIVISOR, at most TRIM_PERIOD_MAX_MS) per bucket per
  * process, a small script (TRIM_SCRIPT) removes the bucket's expired users from all three keys and
- * sets every key's TTL to expire_interval + trim period. Every write sets the TTL of the keys it
- * writes to the same duration, so a TTL only ever moves forward, and a key not written by a batch
- * was refreshed by that process' trim less than one trim period before: every key outlives its
- * users, and an idle bucket disappears whole one trim period after its last user expired. */
+ * sets every key's TTL to expire_interval + trim period. A bucket's first trim in a process comes
+ * at a point of the period fixed by a hash of the bucket, so that a worker that starts does not
+ * run the script on every bucket at once.
+ *
+ * TTLs: every PEXPIRE sets the same duration, expire_interval + trim period, so a TTL only ever
+ * moves forward. A write sets it on the keys it writes, and also on the bucket's other keys when
+ * this process has not refreshed them for a trim period (a trim refreshes them too): a key not
+ * written by a batch was refreshed by that process less than one trim period before, so every key
+ * outlives its users, and an idle bucket disappears whole one trim period after its last user
+ * expired. */
 #include "status_model.h"
 
 #include "hash.h"
@@ -43,7 +49,7 @@
 #define KEY_MAX 512                  /* Bytes of a bucket key: prefix + ":{4294967295}:a". */
 #define TRIM_PERIOD_DIVISOR 16       /* Trim a bucket every expire_interval / this ... */
 #define TRIM_PERIOD_MAX_MS 86400000  /* ... but at least daily (milliseconds). */
-#define TRIM_TABLE_MAX (1 << 20)     /* Entries (8 bytes each) remembering our last trims. */
+#define TRIM_TABLE_MAX (1 << 20)     /* Entries (12 bytes each) remembering our trims. */
 
 /* KEYS: a, o, s. ARGV: cutoff (Unix seconds; users whose times are all older go), TTL (ms).
  * Returns {users removed, members of a, members of o}. */
@@ -68,12 +74,14 @@ static const char TRIM_SCRIPT[] =
     "for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end\n"
     "return {#gone, redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])}\n";
 
-/* When this process last trimmed a bucket. The table has a slot per bucket up to TRIM_TABLE_MAX
- * slots; beyond, buckets share slots, and the tag tells whose time a slot holds: a bucket whose
- * slot holds another's time counts as never trimmed, so sharing only ever adds trims. */
+/* When this process last trimmed a bucket and refreshed its TTLs. The table has a slot per bucket
+ * up to TRIM_TABLE_MAX slots; beyond, buckets share slots, and the tag tells whose times a slot
+ * holds: a bucket whose slot holds another's counts as never seen, so sharing only ever adds
+ * refreshes. Times are monotonic milliseconds (wrapping every 49 days); 0: never. */
 struct trim_slot {
-    uint32_t tag;  /* place / ntrims of the bucket whose time this is. */
-    uint32_t last; /* Monotonic milliseconds (wrapping); 0: never. */
+    uint32_t tag;       /* place / ntrims of the bucket whose times these are. */
+    uint32_t trimmed;   /* Last trim (first sight: when the first trim is due, minus a period). */
+    uint32_t refreshed; /* Last TTL refresh of all three keys (by a trim or PEXPIREs). */
 };
 
 /* One user of an operation, sorted by (shard, bucket). */
@@ -86,7 +94,8 @@ typedef struct entry {
 typedef struct group {
     uint64_t place;
     uint32_t first, count;
-    uint8_t trim;
+    uint8_t trim;    /* Run the trim script first. */
+    uint8_t refresh; /* Refresh the TTL of every key of the bucket. */
 } group;
 
 struct us_status_model {
@@ -278,7 +287,7 @@ static void group_users(us_status_model *m, size_t n, const char *(*user)(const 
             g->place = m->entries[i].place;
             g->first = (uint32_t)i;
             g->count = 0;
-            g->trim = 0;
+            g->trim = g->refresh = 0;
         }
         m->groups[m->ngroups - 1].count++;
     }
@@ -430,6 +439,14 @@ static void apply_append(void *arg, size_t gi, us_pipe_sink *s)
         us_pipe_cmd(s, nset, m->argv, m->lens);
         cmd_key(s, "PEXPIRE", m->key[2], m->klen[2], ttl);
     }
+    /* The TTL of keys not written here, when due (a trim has just refreshed them). */
+    int expired[3] = {0, 0, nset > 2};
+    for (uint32_t j = 0; j < g->count; j++) {
+        expired[0] |= c->updates[e[j].index].active != US_TIME_NONE;
+        expired[1] |= c->updates[e[j].index].online != US_TIME_NONE;
+    }
+    for (int k = 0; k < 3 && g->refresh && !g->trim; k++)
+        if (!expired[k]) cmd_key(s, "PEXPIRE", m->key[k], m->klen[k], ttl);
     if (ndel > 0) {
         int n = argv_start(m, "HDEL", 2, NULL);
         for (uint32_t j = 0; j < g->count; j++) {
@@ -447,10 +464,10 @@ static void apply_consume(void *arg, size_t gi, redisReply **replies, size_t nre
     apply_ctx *c = arg;
     us_status_model *m = c->m;
     const group *g = &m->groups[gi];
-    if (!g->trim) return;
     struct trim_slot *t = &m->trims[g->place % m->ntrims];
-    t->tag = (uint32_t)(g->place / m->ntrims);
-    t->last = c->now_mono;
+    if (g->refresh || g->trim) t->refreshed = c->now_mono;
+    if (!g->trim) return;
+    t->trimmed = c->now_mono;
     const redisReply *exec = nreplies ? replies[nreplies - 1] : NULL;
     if (!exec || exec->type != REDIS_REPLY_ARRAY || exec->elements == 0) return;
     const redisReply *r = exec->element[0]; /* The trim script's {removed, |a|, |o|}. */
@@ -497,10 +514,19 @@ static int apply(us_status_model *m, us_pipeline *p, const us_user_update *updat
     group_users(m, n, update_user, updates);
     for (size_t g = 0; g < m->ngroups; g++) {
         uint64_t place = m->groups[g].place;
-        const struct trim_slot *t = &m->trims[place % m->ntrims];
-        uint32_t last = t->tag == (uint32_t)(place / m->ntrims) ? t->last : 0;
-        int64_t since = (int64_t)(uint32_t)(c.now_mono - last); /* Wraps every 49 days. */
-        m->groups[g].trim = last == 0 || since >= m->trim_period_ms;
+        struct trim_slot *t = &m->trims[place % m->ntrims];
+        uint32_t tag = (uint32_t)(place / m->ntrims);
+        if (t->tag != tag || t->trimmed == 0) { /* First sight: schedule the first trim. */
+            uint32_t offset = (uint32_t)(us_mix64(place) % (uint64_t)m->trim_period_ms);
+            t->tag = tag;
+            uint32_t first = c.now_mono - offset;
+            t->trimmed = first ? first : UINT32_MAX; /* 0 means never: 1 ms earlier instead. */
+            t->refreshed = 0;
+        }
+        int64_t since_trim = (int64_t)(uint32_t)(c.now_mono - t->trimmed);
+        int64_t since_refresh = (int64_t)(uint32_t)(c.now_mono - t->refreshed);
+        m->groups[g].trim = since_trim >= m->trim_period_ms;
+        m->groups[g].refresh = t->refreshed == 0 || since_refresh >= m->trim_period_ms;
     }
     us_pipe_op op = {m->ngroups, &c, apply_route, apply_append, apply_consume, apply_refused};
     if (us_pipeline_run(p, &op, err, errlen) != 0) return -1;

@@ -96,19 +96,32 @@ static int per_user_reads(fake *f, fake_conn *c, const redisReply *cmd, char *ou
     return n;
 }
 
-static us_redis *store_on(fake *f, const char *storage, us_config *cfg)
+static us_redis *store_on_with(fake *f, const char *storage, const char *expire, us_config *cfg)
 {
     char addr[64], err[256];
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", f->port);
     const us_config_override over[] = {
         {"user_status.redis_address", addr}, {"user_status.storage", storage},
         {"user_status.expected_users", "1"}, {"user_status.redis_prefix", "p"},
-        {"user_status.expire_interval", "1h"},
+        {"user_status.expire_interval", expire},
     };
     assert_int_equal(us_config_load(cfg, NULL, NULL, over, 5, err, sizeof(err)), 0);
     us_redis *r = us_redis_new(cfg, err, sizeof(err));
     if (!r) fail_msg("%s", err);
     return r;
+}
+
+static us_redis *store_on(fake *f, const char *storage, us_config *cfg)
+{
+    return store_on_with(f, storage, "1h", cfg);
+}
+
+static void log_reset(fake *f)
+{
+    pthread_mutex_lock(&f->mu);
+    f->loglen = 0;
+    f->log[0] = '\0';
+    pthread_mutex_unlock(&f->mu);
 }
 
 static void check_reads(const char *storage, fake_handler handler)
@@ -196,29 +209,54 @@ static void test_bucket_writes_are_one_transaction_per_bucket(void **state)
     char err[256];
     batch(u);
     assert_int_equal(us_redis_apply(r, u, 4, refused, err, sizeof(err)), 0);
-    /* The first write of a bucket trims it first (the script's text spans lines of the log). */
-    assert_true(strncmp(f->log, "MULTI\nEVAL ", 11) == 0);
     const char *ttl = "3825000"; /* expire_interval + trim period (1 h / 16). */
     char want[1024];
     snprintf(want, sizeof(want),
-             " 3 p:{0}:a p:{0}:o p:{0}:s %lld %s\n"
-             "ZREM p:{0}:a u2 u4\nZREM p:{0}:o u2 u4\nHDEL p:{0}:s u2 u4\n"
+             "MULTI\nZREM p:{0}:a u2 u4\nZREM p:{0}:o u2 u4\nHDEL p:{0}:s u2 u4\n"
              "ZADD p:{0}:a GT 100 u1 300 u3\nPEXPIRE p:{0}:a %s\n"
              "ZADD p:{0}:o GT 200 u2\nPEXPIRE p:{0}:o %s\n"
              "HSET p:{0}:s u1 dnd\nPEXPIRE p:{0}:s %s\n"
              "HDEL p:{0}:s u3\nEXEC\n",
-             (long long)us_bucket_cutoff((int64_t)time(NULL) * 1000, 3600000), ttl, ttl, ttl, ttl);
-    const char *tail = strstr(f->log, " 3 p:{0}:a p:{0}:o p:{0}:s ");
-    assert_non_null(tail);
-    if (strcmp(tail, want) != 0) fail_msg("commands:\n%s\nwanted:\n%s", tail, want);
+             ttl, ttl, ttl);
+    assert_string_equal(f->log, want);
 
-    /* Within the trim period, the next batch writes without trimming. */
-    f->loglen = 0;
-    f->log[0] = '\0';
+    /* The next batch writes only what it has. */
+    log_reset(f);
     u[0] = (us_user_update){"u1", 2, false, US_TIME_NONE, 150, false, NULL, 0};
     assert_int_equal(us_redis_apply(r, u, 1, refused, err, sizeof(err)), 0);
     snprintf(want, sizeof(want), "MULTI\nZADD p:{0}:o GT 150 u1\nPEXPIRE p:{0}:o %s\nEXEC\n", ttl);
     assert_string_equal(f->log, want);
+    us_redis_free(r);
+    us_config_free(&cfg);
+    fake_stop(f);
+}
+
+static void test_bucket_keys_not_written_are_refreshed_and_trims_come_once_a_period(void **state)
+{
+    fake *f = fake_start(plain_reply);
+    us_config cfg;
+    us_redis *r = store_on_with(f, "buckets", "1s", &cfg); /* Trim period 62 ms, TTL 1062 ms. */
+    us_user_update u = {"u1", 2, false, US_TIME_NONE, 150, false, NULL, 0};
+    uint8_t refused[1];
+    char err[256];
+    /* First write of the bucket by this process: the keys it does not write get their TTL too. */
+    assert_int_equal(us_redis_apply(r, &u, 1, refused, err, sizeof(err)), 0);
+    assert_string_equal(f->log, "MULTI\nZADD p:{0}:o GT 150 u1\nPEXPIRE p:{0}:o 1062\n"
+                                "PEXPIRE p:{0}:a 1062\nPEXPIRE p:{0}:s 1062\nEXEC\n");
+    /* A trim period later: the trim script (which refreshes every key) runs first. */
+    struct timespec pause = {0, 150 * 1000000};
+    nanosleep(&pause, NULL);
+    log_reset(f);
+    u.online = 151;
+    assert_int_equal(us_redis_apply(r, &u, 1, refused, err, sizeof(err)), 0);
+    assert_true(strncmp(f->log, "MULTI\nEVAL ", 11) == 0);
+    char want[256];
+    snprintf(want, sizeof(want), " 3 p:{0}:a p:{0}:o p:{0}:s %lld 1062\n"
+             "ZADD p:{0}:o GT 151 u1\nPEXPIRE p:{0}:o 1062\nEXEC\n",
+             (long long)us_bucket_cutoff((int64_t)time(NULL) * 1000, 1000));
+    const char *tail = strstr(f->log, " 3 p:{0}:a");
+    assert_non_null(tail);
+    assert_string_equal(tail, want);
     us_redis_free(r);
     us_config_free(&cfg);
     fake_stop(f);
@@ -254,6 +292,7 @@ int main(void)
         cmocka_unit_test(test_per_user_reads_parse_a_sorted_set_per_user),
         cmocka_unit_test(test_bucket_reads_send_three_commands_per_bucket),
         cmocka_unit_test(test_bucket_writes_are_one_transaction_per_bucket),
+        cmocka_unit_test(test_bucket_keys_not_written_are_refreshed_and_trims_come_once_a_period),
         cmocka_unit_test(test_per_user_writes_are_one_transaction_per_user),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
