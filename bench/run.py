@@ -7,7 +7,11 @@ front end to Redis) under the same wrk load as our query service. The gRPC API i
 the HTTP API of the same process: bench/grpc_load.c (built as userstatus-grpc-load) is its wrk, with
 as many threads and calls in flight (64 calls over 4 HTTP/2 connections instead of 64 connections).
 
-    bench/run.py [--build build] [--seconds 10] [--events 500000]
+    bench/run.py [--build build] [--seconds 10] [--events 500000] [--storage buckets|per_user]
+                 [--memory-users 1000000]
+
+The Redis memory per user and the store-level write/read rates of both storage models are
+measured side by side by bench/memory.py (on a redis-server of its own), which this runs first.
 
 Needs: Kafka on $USERSTATUS_TEST_KAFKA (scripts/kafka.sh start), redis-server, webdis and wrk
 (scripts/deps.sh installs them), and the venv's confluent_kafka.
@@ -116,6 +120,10 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--events", type=int, default=500000)
+    ap.add_argument("--storage", choices=["buckets", "per_user"], default="buckets",
+                    help="user_status.storage of the query service and worker under test")
+    ap.add_argument("--memory-users", type=int, default=1_000_000,
+                    help="users bench/memory.py writes per storage model (0: skip it)")
     ap.add_argument("--redis", choices=["single", "shards", "cluster", "sentinel"], default="single",
                     help="Redis topology under test (peers are measured in single mode only)")
     args = ap.parse_args()
@@ -130,6 +138,11 @@ def main():
         return p
 
     topo = None
+    memory = None
+    if args.memory_users > 0:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import memory as memory_bench
+        memory = memory_bench.measure(args.build, args.memory_users, args.memory_users // 2, 2)
     try:
         rport = free_port()
         start(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
@@ -143,6 +156,8 @@ def main():
                     "sentinel": topology.Sentinel}[args.redis]()
             redis_cfg = topo.config()
         results["redis_topology"] = args.redis
+        results["storage"] = args.storage
+        redis_cfg = dict(redis_cfg, storage=args.storage, expected_users=args.events)
 
         # --- peers -----------------------------------------------------------------------
         subprocess.run(["redis-cli", "-p", str(rport), "HSET", "userstatus:42", "a", "1", "o", "2"],
@@ -256,7 +271,7 @@ def main():
             keys = int(subprocess.run(["redis-cli", "-p", str(rport), "DBSIZE"],
                                       capture_output=True, text=True).stdout)
             results["redis_keys"] = keys
-            results["redis_bytes_per_user"] = used / max(keys, 1)
+            results["redis_bytes_per_user"] = used / args.events  # Every event a new user.
     finally:
         if topo is not None:
             topo.stop()
@@ -270,6 +285,8 @@ def main():
 
     r = results
     print(json.dumps(r, indent=2))
+    if memory:
+        memory_bench.report(memory, args.memory_users)
     if topo is not None:
         return
     print("\nratios (target in brackets):")
@@ -279,7 +296,7 @@ def main():
     print(f"  gRPC get 1 user    users/s vs HTTP       {r['grpc_get1_calls_per_s'] / r['query_get1_req_per_s']:.2f}x  [>= 0.8]")
     print(f"  gRPC get 100 users users/s vs HTTP       {r['grpc_get100_users_per_s'] / r['query_get100_users_per_s']:.2f}x  [>= 1.0]")
     print(f"  worker events/s vs Redis HSET            {r['worker_events_per_s'] / r['redis_hset_per_s']:.2f}x  [>= 0.5]")
-    print(f"  Redis bytes per user                     {r['redis_bytes_per_user']:.0f}  [<= 100]")
+    print(f"  Redis bytes per user ({args.storage:8s})          {r['redis_bytes_per_user']:.0f}  [<= 40]")
     print(f"  worker / query peak RSS MB               {r['worker_peak_rss_mb']:.1f} / {r['query_peak_rss_mb']:.1f}  [< 30]")
 
 

@@ -90,6 +90,9 @@ static const key_desc keys[] = {
     {"user_status.redis_wait_replicas", KEY_INT, F(user_status.redis_wait_replicas), "0", 0, 16},
     {"user_status.redis_wait_timeout", KEY_DUR, F(user_status.redis_wait_timeout_ms), "1s", 1,
      60 * 1000},
+    {"user_status.storage", KEY_STR, F(user_status.storage), "buckets", 0, 0},
+    {"user_status.expected_users", KEY_INT, F(user_status.expected_users), "10000000", 1,
+     2000000000},
     {"kafka.brokers", KEY_STR, F(kafka.brokers), "127.0.0.1:9092", 0, 0},
     {"kafka.topic", KEY_STR, F(kafka.topic), "user_status", 0, 0},
     {"kafka.dlq_topic", KEY_STR, F(kafka.dlq_topic), "user_status_dlq", 0, 0},
@@ -765,6 +768,9 @@ int us_config_load(us_config *cfg, const char *path, char **envp,
                     "config keys 'kafka.brokers', 'kafka.topic', 'kafka.dlq_topic' and "
                     "'kafka.consumer_group' must not be empty");
     if (check_redis_group(cfg, &st, "user_status.", err, errlen) != 0) return -1;
+    if (strcmp(cfg->user_status.storage, "buckets") && strcmp(cfg->user_status.storage, "per_user"))
+        return fail(err, errlen, "config key 'user_status.storage': '%s' is not buckets or per_user",
+                    cfg->user_status.storage);
     if (strcmp(cfg->kafka.topic, cfg->kafka.dlq_topic) == 0)
         return fail(err, errlen, "config key 'kafka.dlq_topic': must differ from 'kafka.topic'");
     if (cfg->query.metrics_port == cfg->port)

@@ -53,6 +53,8 @@ typedef struct us_config {
         int redis_db;                  /* Database for addresses that name none. */
         int redis_wait_replicas;       /* Writes count as done once this many replicas have them. */
         int64_t redis_wait_timeout_ms;
+        char *storage;          /* Status model: "buckets" or "per_user" (status_model.h). */
+        int expected_users;     /* Sizes the bucket model: buckets of ~100 users at this count. */
     } user_status;
 
     struct {

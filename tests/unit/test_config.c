@@ -246,6 +246,34 @@ static void test_proxy_section_from_file_and_environment(void **state)
     us_config_free(&cfg);
 }
 
+static void test_storage_defaults_to_buckets_sized_for_ten_million_users(void **state)
+{
+    us_config cfg;
+    char err[256];
+    assert_int_equal(us_config_load(&cfg, NULL, NULL, NULL, 0, err, sizeof(err)), 0);
+    assert_string_equal(cfg.user_status.storage, "buckets");
+    assert_int_equal(cfg.user_status.expected_users, 10000000);
+    us_config_free(&cfg);
+
+    char *envp[] = {"USERSTATUS_USER_STATUS_EXPECTED_USERS=250000", NULL};
+    const char *json = "{\"user_status\": {\"storage\": \"per_user\"}}";
+    assert_int_equal(load_text(&cfg, json, envp, err, sizeof(err)), 0);
+    assert_string_equal(cfg.user_status.storage, "per_user");
+    assert_int_equal(cfg.user_status.expected_users, 250000);
+    us_config_free(&cfg);
+}
+
+static void test_bad_storage_values_name_the_key(void **state)
+{
+    const bad_config cases[] = {
+        {"{\"user_status\": {\"storage\": \"hash\"}}", "'user_status.storage'"},
+        {"{\"user_status\": {\"storage\": 1}}", "'user_status.storage'"},
+        {"{\"user_status\": {\"expected_users\": 0}}", "'user_status.expected_users'"},
+        {"{\"user_status\": {\"expected_users\": \"1M\"}}", "'user_status.expected_users'"},
+    };
+    assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
+}
+
 static void test_bad_proxy_values_name_the_key(void **state)
 {
     const bad_config cases[] = {
@@ -850,6 +878,8 @@ int main(void)
         cmocka_unit_test(test_grpc_api_defaults),
         cmocka_unit_test(test_grpc_api_section_from_file_and_environment),
         cmocka_unit_test(test_bad_grpc_api_values_name_the_key),
+        cmocka_unit_test(test_storage_defaults_to_buckets_sized_for_ten_million_users),
+        cmocka_unit_test(test_bad_storage_values_name_the_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
