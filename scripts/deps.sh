@@ -12,7 +12,7 @@ PACKAGES=(build-essential cmake pkg-config librdkafka-dev libhiredis-dev libmsgp
           libmicrohttpd-dev libjansson-dev libcmocka-dev redis-server redis-tools clang
           libclang-rt-14-dev curl python3-venv wrk webdis
           libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
-          kcat prometheus)
+          kcat prometheus libcurl4-openssl-dev libssl-dev)
 # kcat: the one-liner of examples/producers/README.md (tested); prometheus: promtool checks the alert
 # rules of deploy/prometheus/ (ctest) and scripts/stack.sh up --monitoring runs it.
 # Java and Maven run the test Kafka broker and build the Java producer example (javac: a JDK);
