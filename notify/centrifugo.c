@@ -55,8 +55,7 @@ static json_t *batch_commands(us_dest *d, const us_change *changes, size_t n)
 
 /* Checks Centrifugo's answer to a batch of n commands. */
 static us_deliver_result check_replies(us_dest *d, const us_change *changes, size_t n,
-                                       const char *body, size_t *skipped, char *err,
-                                       size_t errlen)
+                                       const char *body, size_t *skipped, char *err, size_t errlen)
 {
     json_error_t jerr;
     json_t *root = json_loads(body ? body : "", 0, &jerr);
@@ -89,8 +88,10 @@ static us_deliver_result check_replies(us_dest *d, const us_change *changes, siz
             bad++;
             continue;
         }
-        snprintf(err, errlen, "POST %s: publishing the change of user '%s': Centrifugo error %lld "
-                 "'%s'", d->url, shown, code, msg ? msg : "");
+        snprintf(err, errlen,
+                 "POST %s: publishing the change of user '%s': Centrifugo error %lld "
+                 "'%s'",
+                 d->url, shown, code, msg ? msg : "");
         r = US_DELIVER_RETRY;
     }
     json_decref(root);
@@ -105,8 +106,10 @@ us_deliver_result us_centrifugo_deliver(us_dest *d, const us_change *changes, si
     json_t *commands = batch_commands(d, changes, n);
     if (!commands) {
         /* The worker publishes valid UTF-8 user ids of at most US_USER_ID_MAX bytes only. */
-        snprintf(err, errlen, "%s: cannot build the batch of %zu publications (out of memory, "
-                 "or a user id that is not UTF-8)", d->name, n);
+        snprintf(err, errlen,
+                 "%s: cannot build the batch of %zu publications (out of memory, "
+                 "or a user id that is not UTF-8)",
+                 d->name, n);
         return US_DELIVER_RETRY;
     }
     json_t *root = json_pack("{s:o}", "commands", commands);
@@ -122,8 +125,8 @@ us_deliver_result us_centrifugo_deliver(us_dest *d, const us_change *changes, si
     size_t nheaders = d->api_key[0] ? 2 : 1;
 
     us_http_reply reply = {0};
-    int status = us_http_post(d->http, d->url, headers, nheaders, body, strlen(body), &reply, err,
-                              errlen);
+    int status =
+        us_http_post(d->http, d->url, headers, nheaders, body, strlen(body), &reply, err, errlen);
     free(body);
     us_deliver_result r;
     if (status < 0) {

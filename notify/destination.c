@@ -32,19 +32,20 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define POLL_IDLE_MS 100           /* Poll timeout while no batch is in hand. */
-#define RETRY_BACKOFF_MIN_MS 250   /* First wait after a failed attempt. */
-#define BACKOFF_SLICE_MS 50        /* Granularity of the backoff sleep (stop checks). */
-#define BUDGET_DIVISOR 2           /* A batch is retried for max.poll.interval.ms / this. */
+#define POLL_IDLE_MS 100         /* Poll timeout while no batch is in hand. */
+#define RETRY_BACKOFF_MIN_MS 250 /* First wait after a failed attempt. */
+#define BACKOFF_SLICE_MS 50      /* Granularity of the backoff sleep (stop checks). */
+#define BUDGET_DIVISOR 2         /* A batch is retried for max.poll.interval.ms / this. */
 #define MAX_POLL_INTERVAL_DEFAULT_MS 300000 /* librdkafka's default max.poll.interval.ms. */
-#define SEEK_TIMEOUT_MS 0          /* Asynchronous seeks: a barrier drops what was fetched. */
-#define SOCKET_TIMEOUT_MS "10000"  /* Bounds a shutdown while the brokers are unreachable. */
+#define SEEK_TIMEOUT_MS 0         /* Asynchronous seeks: a barrier drops what was fetched. */
+#define SOCKET_TIMEOUT_MS "10000" /* Bounds a shutdown while the brokers are unreachable. */
 #define DETAIL_MAX 512
 
 /* Drops the batch in hand without storing its offsets. */
 static void batch_release(us_dest *d)
 {
-    for (size_t i = 0; i < d->nmsgs; i++) rd_kafka_message_destroy(d->msgs[i]);
+    for (size_t i = 0; i < d->nmsgs; i++)
+        rd_kafka_message_destroy(d->msgs[i]);
     d->nmsgs = 0;
 }
 
@@ -56,7 +57,8 @@ static void store_offsets(us_dest *d)
         const rd_kafka_message_t *m = d->msgs[i];
         rd_kafka_topic_partition_t *p =
             rd_kafka_topic_partition_list_find(list, rd_kafka_topic_name(m->rkt), m->partition);
-        if (!p) p = rd_kafka_topic_partition_list_add(list, rd_kafka_topic_name(m->rkt), m->partition);
+        if (!p)
+            p = rd_kafka_topic_partition_list_add(list, rd_kafka_topic_name(m->rkt), m->partition);
         p->offset = m->offset + 1;
     }
     rd_kafka_resp_err_t err = rd_kafka_offsets_store(d->consumer, list);

@@ -110,7 +110,8 @@ int us_http_post(us_http *h, const char *url, const char *const *headers, size_t
         if (rc == CURLE_ABORTED_BY_CALLBACK)
             snprintf(err, errlen, "POST %s: stopped (shutting down)", url);
         else
-            snprintf(err, errlen, "POST %s: %s", url, curl_err[0] ? curl_err : curl_easy_strerror(rc));
+            snprintf(err, errlen, "POST %s: %s", url,
+                     curl_err[0] ? curl_err : curl_easy_strerror(rc));
         return -1;
     }
     long status = 0;

@@ -19,8 +19,9 @@
 #include <string.h>
 
 #define TOPIC_CREATE_TIMEOUT_MS 10000
-#define TOPIC_RETRY_MS 1000  /* Wait between attempts to create the topic while brokers are down. */
-#define GROUP_HASH_HEX 16    /* Hex digits of SHA-256(url) in a webhook's default group name. */
+#define TOPIC_RETRY_MS 1000 /* Wait between attempts to create the topic while brokers are down.   \
+                             */
+#define GROUP_HASH_HEX 16   /* Hex digits of SHA-256(url) in a webhook's default group name. */
 
 static const us_cli_flag flags[] = {
     {"brokers", "kafka.brokers", "Kafka bootstrap servers"},
@@ -36,7 +37,8 @@ static void webhook_group(const us_config *cfg, const char *url, char *out, size
     unsigned int mdlen = 0;
     EVP_Digest(url, strlen(url), md, &mdlen, EVP_sha256(), NULL);
     char hex[GROUP_HASH_HEX + 1];
-    for (int i = 0; i < GROUP_HASH_HEX / 2; i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    for (int i = 0; i < GROUP_HASH_HEX / 2; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
     snprintf(out, cap, "%s-webhook-%s", cfg->changes.notify_consumer_group, hex);
 }
 
@@ -46,7 +48,8 @@ static int plan_destinations(const us_config *cfg, volatile sig_atomic_t *stop, 
                              size_t *n, char *err, size_t errlen)
 {
     const us_strlist *w = &cfg->changes.webhooks;
-    size_t nw = w->count / US_WEBHOOK_FIELDS, total = nw + (cfg->changes.centrifugo_api_url[0] != 0);
+    size_t nw = w->count / US_WEBHOOK_FIELDS,
+           total = nw + (cfg->changes.centrifugo_api_url[0] != 0);
     *out = NULL;
     *n = 0;
     if (total == 0) return 0;
@@ -70,7 +73,8 @@ static int plan_destinations(const us_config *cfg, volatile sig_atomic_t *stop, 
         us_dest *c = &d[nw];
         const char *api = cfg->changes.centrifugo_api_url;
         size_t len = strlen(api);
-        while (len > 0 && api[len - 1] == '/') len--;
+        while (len > 0 && api[len - 1] == '/')
+            len--;
         c->kind = US_DEST_CENTRIFUGO;
         snprintf(c->name, sizeof(c->name), "centrifugo");
         size_t cap = len + sizeof("/batch");
@@ -115,8 +119,8 @@ static int ensure_changes_topic(const us_config *cfg)
 {
     char err[512];
     rd_kafka_conf_t *conf = us_kafka_conf_new(cfg, err, sizeof(err));
-    rd_kafka_t *rk = conf ? us_kafka_new(RD_KAFKA_PRODUCER, conf, "admin client", err, sizeof(err))
-                          : NULL;
+    rd_kafka_t *rk =
+        conf ? us_kafka_new(RD_KAFKA_PRODUCER, conf, "admin client", err, sizeof(err)) : NULL;
     if (!rk) {
         us_error("%s", err);
         return -1;
@@ -165,9 +169,9 @@ static int run(const us_config *cfg, us_dest *dests, size_t n)
     size_t started = 0;
     us_dest_register_metrics(dests, n);
     if (cfg->changes.notify_metrics_port > 0) {
-        admin = us_admin_http_start(cfg->changes.notify_metrics_address,
-                                    cfg->changes.notify_metrics_port, health, &state, err,
-                                    sizeof(err));
+        admin =
+            us_admin_http_start(cfg->changes.notify_metrics_address,
+                                cfg->changes.notify_metrics_port, health, &state, err, sizeof(err));
         if (!admin) {
             us_error("%s", err);
             goto out;
@@ -186,12 +190,14 @@ static int run(const us_config *cfg, us_dest *dests, size_t n)
     us_info("delivering changes of '%s' to %zu destination(s); metrics on %s:%d",
             cfg->changes.topic, n, cfg->changes.notify_metrics_address,
             cfg->changes.notify_metrics_port);
-    while (!us_signals_stop_requested()) us_signals_wait(-1);
+    while (!us_signals_stop_requested())
+        us_signals_wait(-1);
     us_info("shutting down");
     rc = 0;
 out:
     if (rc != 0) *us_signals_stop_flag() = 1; /* Started threads stop too. */
-    for (size_t i = 0; i < n; i++) us_dest_join(&dests[i]);
+    for (size_t i = 0; i < n; i++)
+        us_dest_join(&dests[i]);
     us_admin_http_stop(admin);
     us_metrics_free_all();
     return rc;
@@ -236,7 +242,8 @@ int main(int argc, char **argv, char **envp)
             curl_global_cleanup();
         }
     }
-    for (size_t i = 0; i < n; i++) free(dests[i].url_buf);
+    for (size_t i = 0; i < n; i++)
+        free(dests[i].url_buf);
     free(dests);
     us_config_free(&cfg);
     return rc;

@@ -31,8 +31,8 @@ typedef enum us_dest_kind {
 
 /* How one delivery attempt of a batch ended. */
 typedef enum us_deliver_result {
-    US_DELIVER_OK,     /* Acknowledged: the batch's offsets may be stored. */
-    US_DELIVER_RETRY,  /* Not acknowledged: try the whole batch again after a backoff. */
+    US_DELIVER_OK,    /* Acknowledged: the batch's offsets may be stored. */
+    US_DELIVER_RETRY, /* Not acknowledged: try the whole batch again after a backoff. */
 } us_deliver_result;
 
 typedef struct us_dest {
@@ -51,9 +51,9 @@ typedef struct us_dest {
     rd_kafka_t *consumer; /* Idem. */
     pthread_t thread;
     int thread_started;
-    _Atomic int failed;   /* The thread gave up (could not create its consumer): /health says so. */
-    _Atomic int failing;  /* The last attempt was not acknowledged. */
-    int64_t budget_ms;    /* Longest retrying of one batch before it is rewound. */
+    _Atomic int failed;  /* The thread gave up (could not subscribe): /health says so. */
+    _Atomic int failing; /* The last attempt was not acknowledged. */
+    int64_t budget_ms;   /* Longest retrying of one batch before it is rewound. */
 
     /* Batch in hand: messages kept until their offsets are stored. */
     rd_kafka_message_t **msgs;

@@ -21,7 +21,7 @@
 
 #define SIGNATURE_HEADER "X-Userstatus-Signature"
 #define TIMESTAMP_HEADER "X-Userstatus-Timestamp"
-#define HEADER_MAX 128     /* Bytes of one header line we build. */
+#define HEADER_MAX 128      /* Bytes of one header line we build. */
 #define REPLY_SHOWN_MAX 200 /* Bytes of a refusing receiver's reply shown in the log. */
 
 json_t *us_change_to_json(const us_change *c)
@@ -57,12 +57,13 @@ static int sign(const char *secret, const char *ts, const char *body, size_t len
     memcpy(msg + tslen + 1, body, len);
     unsigned char mac[EVP_MAX_MD_SIZE];
     unsigned int maclen = 0;
-    unsigned char *ok = HMAC(EVP_sha256(), secret, (int)strlen(secret), msg, tslen + 1 + len, mac,
-                             &maclen);
+    unsigned char *ok =
+        HMAC(EVP_sha256(), secret, (int)strlen(secret), msg, tslen + 1 + len, mac, &maclen);
     free(msg);
     if (!ok || cap < 8 + 2 * (size_t)maclen) return -1;
     size_t n = (size_t)snprintf(out, cap, "sha256=");
-    for (unsigned int i = 0; i < maclen; i++) n += (size_t)snprintf(out + n, cap - n, "%02x", mac[i]);
+    for (unsigned int i = 0; i < maclen; i++)
+        n += (size_t)snprintf(out + n, cap - n, "%02x", mac[i]);
     return 0;
 }
 
