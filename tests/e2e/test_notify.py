@@ -198,6 +198,23 @@ def test_down_receiver_delays_only_its_own_webhooks(ns, receivers):
     wait_until(lambda: down.acknowledged() == want, timeout=15, what="the recovered receiver to catch up")
 
 
+def test_receiver_down_longer_than_the_retry_budget_gets_everything_after_rewinds(ns, receivers):
+    # max.poll.interval.ms 6 s: a batch is retried for 3 s, then rewound and polled again.
+    recovered_at = time.monotonic() + 10
+    r = receivers("k", status=lambda: 502 if time.monotonic() < recovered_at else 200)
+    cfg = notify_cfg(ns, webhooks=[r])
+    cfg["kafka"]["properties"] = {"session.timeout.ms": "6000", "max.poll.interval.ms": "6000",
+                                  "heartbeat.interval.ms": "1000"}
+    ns.start_worker(cfg)
+    n = start_notify(ns, cfg)
+    t = whole_second_ms()
+    produce_active(ns, ["erin", "frank"], t)
+    want = {(u, s, ts) for u in ("erin", "frank") for s, ts in (("online", t), ("offline", t + 3000))}
+    wait_until(lambda: r.acknowledged() == want, timeout=30, what="every change after the receiver recovered")
+    assert metric(n, 'userstatus_notify_batches_rewound_total{destination="webhook0"}') >= 1
+    assert "rewinding the batch" in n.log()
+
+
 def test_sigterm_commits_what_was_acknowledged(ns, receivers):
     r = receivers("s")
     cfg = notify_cfg(ns, webhooks=[r])
