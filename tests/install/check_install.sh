@@ -72,7 +72,7 @@ check_deb() {
     echo "ok: $(basename "$deb")"
 
     [[ "$(dpkg-deb -f "$deb" Package)" == userstatus ]] || fail "Package is not userstatus"
-    for lib in librdkafka libhiredis libmsgpackc libmicrohttpd libjansson; do
+    for lib in librdkafka libhiredis libmsgpackc libmicrohttpd libjansson libcurl4 libssl3; do
         dpkg-deb -f "$deb" Depends | grep -q "$lib" || fail "Depends lacks $lib: $(dpkg-deb -f "$deb" Depends)"
     done
     local etc="$PREFIX/etc/userstatus"
