@@ -39,6 +39,7 @@
 #define MAX_POLL_INTERVAL_DEFAULT_MS 300000 /* librdkafka's default max.poll.interval.ms. */
 #define SEEK_TIMEOUT_MS 0         /* Asynchronous seeks: a barrier drops what was fetched. */
 #define SOCKET_TIMEOUT_MS "10000" /* Bounds a shutdown while the brokers are unreachable. */
+#define CLOSE_TIMEOUT_MS 5000     /* Longest wait to leave the group at shutdown. */
 #define DETAIL_MAX 512
 
 /* Drops the batch in hand without storing its offsets. */
@@ -197,7 +198,10 @@ static void rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             d->nmsgs ? "; dropping the undelivered batch in hand" : "");
     batch_release(d);
     if (!rd_kafka_assignment_lost(rk)) {
-        rd_kafka_resp_err_t cerr = rd_kafka_commit(rk, NULL, 0);
+        /* Synchronous while running (the next owner starts right after what was acknowledged);
+         * asynchronous when stopping, where brokers that are gone would block the exit (the
+         * close that follows still sends it). */
+        rd_kafka_resp_err_t cerr = rd_kafka_commit(rk, NULL, *d->stop ? 1 : 0);
         if (cerr && cerr != RD_KAFKA_RESP_ERR__NO_OFFSET)
             us_warn("%s: committing offsets: %s", d->name, rd_kafka_err2str(cerr));
     }
@@ -271,6 +275,36 @@ static void consume_loop(us_dest *d)
     batch_release(d); /* Stopping: a batch not yet attempted is delivered after the restart. */
 }
 
+/* Leaves the group (revoking through the rebalance callback, which commits; LeaveGroup), bounded
+ * by CLOSE_TIMEOUT_MS so that a destination whose brokers are gone still stops. Returns 1 when
+ * closed. */
+static int close_consumer(us_dest *d)
+{
+    rd_kafka_queue_t *q = rd_kafka_queue_new(d->consumer);
+    rd_kafka_error_t *error = rd_kafka_consumer_close_queue(d->consumer, q);
+    if (error) {
+        us_warn("%s: leaving the group: %s", d->name, rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+    }
+    int64_t deadline = us_monotonic_ms() + CLOSE_TIMEOUT_MS;
+    while (!rd_kafka_consumer_closed(d->consumer) && us_monotonic_ms() < deadline) {
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, POLL_IDLE_MS);
+        if (!ev) continue;
+        if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE)
+            rebalance(d->consumer, rd_kafka_event_error(ev),
+                      (rd_kafka_topic_partition_list_t *)rd_kafka_event_topic_partition_list(ev),
+                      d);
+        rd_kafka_event_destroy(ev);
+    }
+    rd_kafka_queue_destroy(q);
+    int closed = rd_kafka_consumer_closed(d->consumer);
+    if (!closed)
+        us_warn("%s: could not leave the group within %d ms (brokers unreachable?); exiting "
+                "anyway: changes after the last commit will be delivered again",
+                d->name, CLOSE_TIMEOUT_MS);
+    return closed;
+}
+
 static void *dest_thread(void *arg)
 {
     us_dest *d = arg;
@@ -284,18 +318,18 @@ static void *dest_thread(void *arg)
         atomic_store(&d->failed, 1);
         return NULL;
     }
+    d->subscribed = 1;
     us_info("%s: delivering '%s' in group '%s' to %s", d->name, d->cfg->changes.topic, d->group,
             d->url);
     consume_loop(d);
 
     us_info("%s: stopping: committing acknowledged offsets and leaving the group", d->name);
-    kerr = rd_kafka_commit(d->consumer, NULL, 0);
+    kerr = rd_kafka_commit(d->consumer, NULL, 1);
     if (kerr && kerr != RD_KAFKA_RESP_ERR__NO_OFFSET)
         us_warn("%s: committing offsets: %s (the changes after the last commit will be delivered "
                 "again)",
                 d->name, rd_kafka_err2str(kerr));
-    kerr = rd_kafka_consumer_close(d->consumer);
-    if (kerr) us_warn("%s: leaving the group: %s", d->name, rd_kafka_err2str(kerr));
+    d->closed = close_consumer(d);
     return NULL;
 }
 
@@ -320,12 +354,15 @@ int us_dest_start(us_dest *d, char *err, size_t errlen)
     return 0;
 }
 
-void us_dest_join(us_dest *d)
+int us_dest_join(us_dest *d)
 {
     if (d->thread_started) pthread_join(d->thread, NULL);
     d->thread_started = 0;
     batch_release(d);
-    if (d->consumer) rd_kafka_destroy(d->consumer);
+    /* A consumer that could not leave its group is left to the process exit: destroying it would
+     * wait for its requests to the unreachable brokers to time out. */
+    int left_running = d->consumer && d->subscribed && !d->closed;
+    if (d->consumer && !left_running) rd_kafka_destroy(d->consumer);
     d->consumer = NULL;
     us_http_free(d->http);
     d->http = NULL;
@@ -333,6 +370,7 @@ void us_dest_join(us_dest *d)
     free(d->changes);
     d->msgs = NULL;
     d->changes = NULL;
+    return left_running ? -1 : 0;
 }
 
 /* Registers metric `family{destination="<name>"<extra>}` for each destination. slot indexes the

@@ -51,6 +51,8 @@ typedef struct us_dest {
     rd_kafka_t *consumer; /* Idem. */
     pthread_t thread;
     int thread_started;
+    int subscribed;      /* Joined the group: it must be left (closed) before being destroyed. */
+    int closed;          /* Left the group at shutdown. */
     _Atomic int failed;  /* The thread gave up (could not subscribe): /health says so. */
     _Atomic int failing; /* The last attempt was not acknowledged. */
     int64_t budget_ms;   /* Longest retrying of one batch before it is rewound. */
@@ -86,8 +88,10 @@ json_t *us_change_to_json(const us_change *c);
 int us_dest_start(us_dest *d, char *err, size_t errlen);
 
 /* Waits for the thread to finish (it stops when *d->stop is set): it drops the batch it could
- * not deliver, commits the offsets of what was acknowledged and leaves the group. */
-void us_dest_join(us_dest *d);
+ * not deliver, commits the offsets of what was acknowledged and leaves the group. Returns 0, or -1
+ * when the consumer could not leave its group (brokers unreachable) and was left running: the
+ * caller then ends the process with _exit() rather than run exit handlers beside its threads. */
+int us_dest_join(us_dest *d);
 
 /* Registers the metrics of the n destinations, each family's samples next to each other. */
 void us_dest_register_metrics(us_dest *dests, size_t n);
