@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""What status changes cost: worker throughput with changes on and off, and the Redis memory of the
-deadline index for N online users.
+"""What status changes cost: event -> change latency at a steady rate, worker throughput with
+changes on and off, and the Redis memory of the deadline index for N online users.
 
     bench/changes_cost.py [--build build] [--users 100000] [--partitions 16]
 
@@ -93,9 +93,9 @@ def run(build, users, partitions, changes):
             total = mem = 0
             for part in range(partitions):
                 for kind in ("status", "deadlines"):
-                    key = "%s#changes:%s:%s:%d" % (prefix, kind, topic, part)
+                    key = "%s#changes:%s:{%s:%d}" % (prefix, kind, topic, part)
                     mem += r("MEMORY", "USAGE", key, "SAMPLES", "0") or 0
-                total += r("ZCARD", "%s#changes:deadlines:%s:%d" % (prefix, topic, part))
+                total += r("ZCARD", "%s#changes:deadlines:{%s:%d}" % (prefix, topic, part))
             out["index_users"] = total
             out["index_bytes_per_user"] = mem / max(total, 1)
         out["store_bytes_per_user"] = r("MEMORY", "USAGE", prefix + ":user-000001", "SAMPLES", "0")
@@ -111,12 +111,110 @@ def run(build, users, partitions, changes):
     return out
 
 
+def read_changes(topic, partitions, total, out):
+    """Reader process: reads `total` changes (or gives up 30 s after the last one) and sends the
+    latencies (read time - since, ms) through the pipe `out`."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": KAFKA, "group.id": "bench-" + uuid.uuid4().hex[:8],
+                  "enable.auto.commit": False})
+    while topic not in c.list_topics(timeout=5).topics:
+        time.sleep(0.1)
+    c.assign([TopicPartition(topic, i, OFFSET_BEGINNING) for i in range(partitions)])
+    lat, last = [], time.monotonic()
+    while len(lat) < total and time.monotonic() - last < 30:
+        m = c.poll(0.1)
+        if m is None or m.error():
+            continue
+        v = msgpack.unpackb(m.value())
+        if v["user"].startswith("lat-"):  # not the warm-up user
+            lat.append(time.time() * 1000 - v["since"])
+        last = time.monotonic()
+    c.close()
+    out.send(lat)
+
+
+def latency(build, rate, seconds, partitions):
+    """Event -> change latency: `rate` events/s for `seconds`, each of a new user (so each one is a
+    transition offline -> online whose `since` is the event time); a reader process of the changes
+    topic measures read time - since."""
+    import multiprocessing
+
+    tag = uuid.uuid4().hex[:8]
+    topic, prefix = "bench_lat_" + tag, "bench_lat_" + tag
+    create_topics([topic, topic + "_dlq"], partitions=partitions)
+    port = free_port()
+    cfg = {"api_key": "x", "user_status": {"redis_address": REDIS, "redis_prefix": prefix},
+           "kafka": {"brokers": KAFKA, "topic": topic, "dlq_topic": topic + "_dlq",
+                     "consumer_group": topic + "_g", "partitions": partitions},
+           "worker": {"metrics_port": port},
+           "changes": {"topic": topic + "_changes", "offline_after": "1h"}}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(cfg, f)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("USERSTATUS_")}
+    w = subprocess.Popen([os.path.join(build, "worker", "userstatus-worker"), "--config", f.name],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    total = int(rate * seconds)
+    try:
+        url = "http://127.0.0.1:%d/health" % port
+        while True:
+            try:
+                if requests.get(url, timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        recv, send = multiprocessing.Pipe(duplex=False)
+        reader = multiprocessing.get_context("fork").Process(
+            target=read_changes, args=(topic + "_changes", partitions, total, send))
+        reader.start()
+        p = Producer({"bootstrap.servers": KAFKA, "partitioner": "murmur2_random", "linger.ms": 5})
+        # Warm-up: the first change waits for the new topic's metadata and the producer's id.
+        p.produce(topic, key="warm-0", value=msgpack.packb({"type": "active", "user": "warm-0"}))
+        p.flush(10)
+        time.sleep(3)
+        t0 = time.monotonic()
+        for i in range(total):
+            u = "lat-%d" % i
+            p.produce(topic, key=u, value=msgpack.packb({"type": "active", "user": u,
+                                                         "time": int(time.time() * 1000)}))
+            if i % 100 == 0:
+                p.poll(0)
+                ahead = (i + 1) / rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+        p.flush(60)
+        lat = recv.recv()
+        reader.join(60)
+    finally:
+        w.terminate()
+        w.wait(30)
+        os.unlink(f.name)
+        delete_topics([topic, topic + "_dlq", topic + "_changes"])
+        r = Redis()
+        keys = (r("KEYS", prefix + ":*") or []) + (r("KEYS", prefix + "#*") or [])
+        for i in range(0, len(keys), 1000):
+            r("DEL", *keys[i:i + 1000])
+        r.close()
+    lat.sort()
+    q = lambda x: round(lat[min(len(lat) - 1, int(x * len(lat)))]) if lat else None  # noqa: E731
+    return {"changes": len(lat), "expected": total, "p50_ms": q(0.5), "p99_ms": q(0.99),
+            "max_ms": round(lat[-1]) if lat else None}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--users", type=int, default=100000)
     ap.add_argument("--partitions", type=int, default=16)
+    ap.add_argument("--latency-rate", type=int, default=10000, help="events/s of the latency run")
+    ap.add_argument("--latency-seconds", type=float, default=10)
+    ap.add_argument("--latency-only", action="store_true")
     a = ap.parse_args()
+    print("event -> change latency at %d events/s: %s"
+          % (a.latency_rate, json.dumps(latency(a.build, a.latency_rate, a.latency_seconds, a.partitions))))
+    if a.latency_only:
+        return
     off = run(a.build, a.users, a.partitions, False)
     on = run(a.build, a.users, a.partitions, True)
     print("changes off: %s" % json.dumps(off))

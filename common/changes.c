@@ -13,6 +13,7 @@
 #include "changes.h"
 
 #include "config.h"
+#include "msgpack_out.h"
 
 #include <msgpack.h>
 #include <stdio.h>
@@ -104,10 +105,12 @@ size_t us_presence_apply(const us_presence_rules *r, us_presence *p, us_event_ty
     return n;
 }
 
-int64_t us_presence_deadline(const us_presence_rules *r, const us_presence *p)
+int64_t us_presence_deadline(const us_presence_rules *r, const us_presence *p, int64_t evaluated)
 {
+    /* Breakpoints up to `evaluated` were handled by the advance that got there: one whose status
+     * equals the current one (an offline user's activity going stale) must not stay due. */
     int64_t b[2];
-    return breakpoints(r, p, p->since, b) ? b[0] : US_PRESENCE_NONE;
+    return breakpoints(r, p, max64(p->since, evaluated), b) ? b[0] : US_PRESENCE_NONE;
 }
 
 const char *us_status_kind_name(us_status_kind s)
@@ -190,30 +193,6 @@ int us_presence_parse(const char *text, size_t len, us_presence *p)
 /* ------------------------------------------------------------------------------------------------
  * Change message codec */
 
-typedef struct fixed_buf {
-    char *p;
-    size_t len, cap;
-    bool overflow;
-} fixed_buf;
-
-static int fixed_write(void *data, const char *src, size_t n)
-{
-    fixed_buf *b = data;
-    if (b->len + n > b->cap) {
-        b->overflow = true;
-        return -1;
-    }
-    memcpy(b->p + b->len, src, n);
-    b->len += n;
-    return 0;
-}
-
-static void pack_str(msgpack_packer *pk, const char *s, size_t n)
-{
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
-}
-
 int us_change_encode(const us_change *c, char *buf, size_t cap)
 {
     if (c->user_len == 0 || c->user_len > US_USER_ID_MAX) return -1;
@@ -222,34 +201,34 @@ int us_change_encode(const us_change *c, char *buf, size_t cap)
     bool has_active = c->active != US_PRESENCE_NONE, has_online = c->online != US_PRESENCE_NONE;
     if ((has_active && c->active < 0) || (has_online && c->online < 0)) return -1;
 
-    fixed_buf b = {buf, 0, cap, false};
+    us_msgpack_out b;
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, fixed_write);
+    us_msgpack_out_init(&b, &pk, buf, cap);
     msgpack_pack_map(&pk, 5 + has_active + has_online + (c->has_state ? 1 : 0));
-    pack_str(&pk, "type", 4);
-    pack_str(&pk, "change", 6);
-    pack_str(&pk, "user", 4);
-    pack_str(&pk, c->user, c->user_len);
-    pack_str(&pk, "status", 6);
+    us_msgpack_pack_str(&pk, "type", 4);
+    us_msgpack_pack_str(&pk, "change", 6);
+    us_msgpack_pack_str(&pk, "user", 4);
+    us_msgpack_pack_str(&pk, c->user, c->user_len);
+    us_msgpack_pack_str(&pk, "status", 6);
     const char *status = us_status_kind_name(c->status);
-    pack_str(&pk, status, strlen(status));
-    pack_str(&pk, "since", 5);
+    us_msgpack_pack_str(&pk, status, strlen(status));
+    us_msgpack_pack_str(&pk, "since", 5);
     msgpack_pack_int64(&pk, c->since);
     if (has_active) {
-        pack_str(&pk, "active", 6);
+        us_msgpack_pack_str(&pk, "active", 6);
         msgpack_pack_int64(&pk, c->active);
     }
     if (has_online) {
-        pack_str(&pk, "online", 6);
+        us_msgpack_pack_str(&pk, "online", 6);
         msgpack_pack_int64(&pk, c->online);
     }
     if (c->has_state) {
-        pack_str(&pk, "state", 5);
-        pack_str(&pk, c->state, c->state_len);
+        us_msgpack_pack_str(&pk, "state", 5);
+        us_msgpack_pack_str(&pk, c->state, c->state_len);
     }
-    pack_str(&pk, "v", 1);
+    us_msgpack_pack_str(&pk, "v", 1);
     msgpack_pack_int64(&pk, CHANGE_VERSION);
-    return b.overflow ? -1 : (int)b.len;
+    return us_msgpack_out_result(&b);
 }
 
 static int decode_fail(char *detail, size_t detail_len, const char *what)

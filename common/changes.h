@@ -69,10 +69,12 @@ size_t us_presence_advance(const us_presence_rules *r, us_presence *p, int64_t t
 size_t us_presence_apply(const us_presence_rules *r, us_presence *p, us_event_type type, int64_t t,
                          us_transition out[US_PRESENCE_MAX_TRANSITIONS]);
 
-/* The next time p's status may change by itself (the time the worker must look at it again), or
- * US_PRESENCE_NONE when it never will and p may be forgotten: offline, and its `active` too old
- * to matter should the user come back. */
-int64_t us_presence_deadline(const us_presence_rules *r, const us_presence *p);
+/* The next time after `evaluated` at which p's status may change by itself (the time the worker
+ * must look at it again), or US_PRESENCE_NONE when it never will and p may be forgotten: offline,
+ * and its `active` too old to matter should the user come back. evaluated is the time p has been
+ * advanced to: the latest event time applied, or the `to` of the last us_presence_advance
+ * (US_PRESENCE_NONE: p->since). */
+int64_t us_presence_deadline(const us_presence_rules *r, const us_presence *p, int64_t evaluated);
 
 /* The schema name of a status: "online", "away", "offline". */
 const char *us_status_kind_name(us_status_kind s);

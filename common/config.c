@@ -116,6 +116,7 @@ static const key_desc keys[] = {
     {"query.metrics_address", KEY_STR, F(query.metrics_address), "127.0.0.1", 0, 0},
     {"query.metrics_port", KEY_INT, F(query.metrics_port), "0", 0, 65535},
     {"query.metrics_require_key", KEY_BOOL, F(query.metrics_require_key), "false", 0, 0},
+    {"query.status_page", KEY_BOOL, F(query.status_page), "false", 0, 0},
     {"proxy.enabled", KEY_BOOL, F(proxy.enabled), "true", 0, 0},
     {"proxy.rpc_method_prefix", KEY_STR, F(proxy.rpc_method_prefix), "", 0, 0},
     {"proxy.online_interval", KEY_DUR, F(proxy.online_interval_ms), "25s", 1000, DAY_MS},

@@ -85,6 +85,7 @@ typedef struct us_config {
         char *metrics_address;      /* Separate /metrics + /health listener, with metrics_port. */
         int metrics_port;           /* 0: /metrics is served on the API port instead. */
         bool metrics_require_key;   /* /metrics on the API port asks for the API key. */
+        bool status_page;           /* Serve the status page at /status (query/status_page.h). */
     } query;
 
     /* Centrifugo OSS proxy endpoints of userstatus-query (/centrifugo/rpc, /centrifugo/refresh). */

@@ -2,6 +2,7 @@
 #include "event.h"
 
 #include "config.h"
+#include "msgpack_out.h"
 #include "utf8.h"
 
 #include <stdio.h>
@@ -253,31 +254,6 @@ us_event_error us_event_decode(us_event_decoder *d, const void *buf, size_t len,
     return US_EVENT_OK;
 }
 
-/* msgpack_packer writer into a fixed buffer; sets overflow instead of writing past its end. */
-typedef struct fixed_buf {
-    char *p;
-    size_t len, cap;
-    bool overflow;
-} fixed_buf;
-
-static int fixed_write(void *data, const char *src, size_t n)
-{
-    fixed_buf *b = data;
-    if (b->len + n > b->cap) {
-        b->overflow = true;
-        return -1;
-    }
-    memcpy(b->p + b->len, src, n);
-    b->len += n;
-    return 0;
-}
-
-static void pack_cstr(msgpack_packer *pk, const char *s, size_t n)
-{
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
-}
-
 int us_event_encode(const us_event *ev, char *buf, size_t cap)
 {
     if (ev->user_len == 0 || ev->user_len > US_USER_ID_MAX) return -1;
@@ -285,24 +261,24 @@ int us_event_encode(const us_event *ev, char *buf, size_t cap)
     if (ev->has_time && ev->time_ms < 0) return -1;
     if (ev->type < US_EVENT_ACTIVE || ev->type > US_EVENT_DELETE) return -1;
 
-    fixed_buf b = {buf, 0, cap, false};
+    us_msgpack_out b;
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, fixed_write);
+    us_msgpack_out_init(&b, &pk, buf, cap);
     msgpack_pack_map(&pk, 3 + (ev->has_time ? 1 : 0) + (ev->has_state ? 1 : 0));
-    pack_cstr(&pk, "type", 4);
+    us_msgpack_pack_str(&pk, "type", 4);
     const char *type = us_event_type_name(ev->type);
-    pack_cstr(&pk, type, strlen(type));
-    pack_cstr(&pk, "user", 4);
-    pack_cstr(&pk, ev->user, ev->user_len);
+    us_msgpack_pack_str(&pk, type, strlen(type));
+    us_msgpack_pack_str(&pk, "user", 4);
+    us_msgpack_pack_str(&pk, ev->user, ev->user_len);
     if (ev->has_time) {
-        pack_cstr(&pk, "time", 4);
+        us_msgpack_pack_str(&pk, "time", 4);
         msgpack_pack_int64(&pk, ev->time_ms);
     }
     if (ev->has_state) {
-        pack_cstr(&pk, "state", 5);
-        pack_cstr(&pk, ev->state, ev->state_len);
+        us_msgpack_pack_str(&pk, "state", 5);
+        us_msgpack_pack_str(&pk, ev->state, ev->state_len);
     }
-    pack_cstr(&pk, "v", 1);
+    us_msgpack_pack_str(&pk, "v", 1);
     msgpack_pack_int64(&pk, US_EVENT_VERSION);
-    return b.overflow ? -1 : (int)b.len;
+    return us_msgpack_out_result(&b);
 }

@@ -200,3 +200,10 @@ int us_kafka_ensure_topic(rd_kafka_t *rk, const us_config *cfg, const char *name
     rd_kafka_NewTopic_destroy(topic);
     return rc;
 }
+
+int us_kafka_ensure_changes_topic(rd_kafka_t *rk, const us_config *cfg, int timeout_ms, char *err,
+                                  size_t errlen)
+{
+    static const char *const configs[][2] = {{"cleanup.policy", "compact"}};
+    return us_kafka_ensure_topic(rk, cfg, cfg->changes.topic, configs, 1, timeout_ms, err, errlen);
+}

@@ -44,4 +44,9 @@ int us_kafka_ensure_topic(rd_kafka_t *rk, const us_config *cfg, const char *name
                           const char *const (*configs)[2], size_t nconfigs, int timeout_ms,
                           char *err, size_t errlen);
 
+/* Creates the compacted changes topic (changes.topic) when missing: the worker publishes to it, the
+ * query service's watch stream follows it, and whichever starts first creates it. */
+int us_kafka_ensure_changes_topic(rd_kafka_t *rk, const us_config *cfg, int timeout_ms, char *err,
+                                  size_t errlen);
+
 #endif

@@ -29,6 +29,7 @@
 #include "producer.h"
 #include "proxy.h"
 #include "reader.h"
+#include "status_page.h"
 #include "watch.h"
 
 #include <stdatomic.h>
@@ -460,6 +461,10 @@ static int health(void *arg, char *msg, size_t msglen)
         snprintf(msg, msglen, "starting: Kafka topic metadata not known yet");
         return 0;
     }
+    if (!us_watch_ready(api->watch)) {
+        snprintf(msg, msglen, "starting: the changes topic is not followed yet");
+        return 0;
+    }
     if (us_reader_health(api->reader, err, sizeof(err)) != 0) {
         snprintf(msg, msglen, "unhealthy: Redis: %s", err);
         return 0;
@@ -571,6 +576,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     }
     if (strcmp(method, "GET") == 0 && strcmp(url, "/metrics") == 0) return send_metrics(api, conn);
     if (strcmp(method, "GET") == 0 && strcmp(url, "/health") == 0) return send_health(api, conn);
+    if (us_status_page_owns(url)) return us_status_page_send(api->cfg, conn, url, method);
     return send_text(conn, MHD_HTTP_NOT_FOUND, "not found\n");
 }
 

@@ -162,15 +162,25 @@ int us_cmd_set(us_core *core, us_cmd *c, us_cmd_kind kind, const us_user_ref *us
         us_cmd_fail(c, code, reason);
         return -1;
     }
+    /* One allocation: the refs, then the bytes they point to. */
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++) bytes += users[i].len;
     free(c->users);
-    c->users = malloc((n ? n : 1) * sizeof(*c->users));
+    c->users = malloc((n ? n : 1) * sizeof(*c->users) + bytes);
     if (!c->users) abort();
-    if (n) memcpy(c->users, users, n * sizeof(*users));
+    char *mem = (char *)(c->users + (n ? n : 1));
+    for (size_t i = 0; i < n; i++) {
+        memcpy(mem, users[i].user, users[i].len);
+        c->users[i].user = mem;
+        c->users[i].len = users[i].len;
+        mem += users[i].len;
+    }
     c->nusers = n;
     c->kind = kind;
     c->error = 0;
     c->reason[0] = '\0';
-    c->state = has_state ? state : NULL;
+    if (has_state) memcpy(c->state_buf, state, state_len);
+    c->state = has_state ? c->state_buf : NULL;
     c->state_len = has_state ? state_len : 0;
     c->has_state = has_state;
     return 0;

@@ -12,8 +12,9 @@
  * ---------
  * A call is freed when the front end released it *and* no operation (an event in librdkafka's
  * queue, a read job in the reader) still points into it; so a front end may release a call as soon
- * as it answered, even when the call completed by its deadline. Users and state strings passed to
- * us_cmd_set are not copied: they must live until the front end releases the call.
+ * as it answered, even when the call completed by its deadline. us_cmd_set copies the users and
+ * the state it is given: a read or an event still in flight after the front end released the call
+ * (and freed its request) never points into the front end's memory.
  *
  * Threads: us_call_start returns 1 when the call is already complete (no callback follows), else
  * 0, and the done callback then runs once, on a producer, reader or deadline thread, with no core
@@ -50,9 +51,9 @@ typedef struct us_cmd {
     us_cmd_kind kind;
     int error;                      /* 0, or the code answered instead of a result. */
     char reason[US_CMD_REASON_MAX]; /* Why, for this client only: no other request's data. */
-    us_user_ref *users;             /* Owned array; the strings are the caller's. */
+    us_user_ref *users; /* Owned, strings included (one allocation). */
     size_t nusers;
-    const char *state; /* Caller's. */
+    const char *state; /* Owned copy (state_buf), when has_state. */
     size_t state_len;
     int has_state;
     us_status *statuses; /* US_CMD_GET: nusers statuses, in the order of users. */
@@ -62,6 +63,7 @@ typedef struct us_cmd {
     size_t failed;  /* Events the broker refused; under the call's lock. */
     int kafka_err;  /* First refusal (rd_kafka_resp_err_t). */
     int read_failed;
+    char state_buf[US_STATE_MAX];
     struct us_call *call;
     void *read_job;
 } us_cmd;
@@ -114,8 +116,8 @@ int us_cmd_validate(const us_config *cfg, const us_user_ref *users, size_t n, co
 
 /* Sets command c from parsed input, checking every limit (users per request, user id length and
  * UTF-8, state length and UTF-8). On a violation the command fails with US_ERR_BAD_REQUEST and a
- * reason naming the offending item; returns 0 when the command is valid, -1 otherwise. Users are
- * copied as references (the array), not the bytes. */
+ * reason naming the offending item; returns 0 when the command is valid, -1 otherwise. The users
+ * and the state are copied. */
 int us_cmd_set(us_core *core, us_cmd *c, us_cmd_kind kind, const us_user_ref *users, size_t n,
                const char *state, size_t state_len, int has_state);
 

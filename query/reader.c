@@ -131,7 +131,7 @@ static void *reader_main(void *arg)
         pthread_mutex_unlock(&rd->mu);
         run_round(t, jobs, nusers);
     }
-    us_redis_free(t->redis);
+    /* t->redis is freed by us_reader_free after the join: it may still be interrupting it. */
     free(t->users);
     free(t->out);
     free(t);
@@ -206,6 +206,7 @@ void us_reader_free(us_reader *rd)
      * those of the jobs still queued) fail now. */
     for (int i = 0; i < rd->nthreads; i++) us_redis_interrupt(rd->redis[i]);
     for (int i = 0; i < rd->nthreads; i++) pthread_join(rd->threads[i], NULL);
+    for (int i = 0; i < rd->nthreads; i++) us_redis_free(rd->redis[i]);
     free(rd->threads);
     free(rd->redis);
     pthread_cond_destroy(&rd->cv);

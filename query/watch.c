@@ -87,6 +87,7 @@ struct us_watch {
     size_t nstreams;
     int quiesced;
     _Atomic int stop;
+    _Atomic int ready; /* The changes topic is followed: no change published from now is missed. */
     rd_kafka_t *rk;
     pthread_t thread;
     int thread_started;
@@ -361,10 +362,12 @@ static void keep_alive(us_watch *w)
  * The changes-topic consumer.
  * ------------------------------------------------------------------------------------------ */
 
-/* Assigns every partition of the changes topic from its end. Returns 0, or -1 with err set when
- * the topic does not exist (yet) or the broker cannot be asked. */
+/* Creates the changes topic when missing and assigns every partition of it from its end. Returns
+ * 0, or -1 with err set when the broker cannot be asked. */
 static int assign_all(us_watch *w, char *err, size_t errlen)
 {
+    if (us_kafka_ensure_changes_topic(w->rk, w->cfg, WATCH_TOPIC_RETRY_MS, err, errlen) != 0)
+        return -1;
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(w->rk, w->cfg->changes.topic, NULL);
     const struct rd_kafka_metadata *md = NULL;
     rd_kafka_resp_err_t e = rd_kafka_metadata(w->rk, 0, rkt, &md, 5000);
@@ -391,6 +394,7 @@ static int assign_all(us_watch *w, char *err, size_t errlen)
         return -1;
     }
     us_info("watch: following %d partition(s) of '%s'", n, w->cfg->changes.topic);
+    atomic_store(&w->ready, 1);
     return 0;
 }
 
@@ -564,6 +568,11 @@ int us_watch_start(us_watch *w, struct MHD_Connection *conn, json_t *params, enu
     if (us_call_start(s->call, w->cfg->query.request_timeout_ms, initial_done, NULL, s))
         initial_done(s->call, s);
     return 0;
+}
+
+int us_watch_ready(us_watch *w)
+{
+    return !w || atomic_load(&w->ready);
 }
 
 size_t us_watch_streams(us_watch *w)

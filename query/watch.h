@@ -25,6 +25,10 @@ us_watch *us_watch_new(const us_config *cfg, us_core *core, char *err, size_t er
  * Call before stopping the HTTP daemon: no stream connection stays suspended. Accepts NULL. */
 void us_watch_quiesce(us_watch *w);
 
+/* 1 once the changes topic is followed (created when missing), so that a stream opened from now
+ * misses no change; the service is not ready before (/health). 1 for NULL (changes disabled). */
+int us_watch_ready(us_watch *w);
+
 /* Number of streams whose connection is still open. */
 size_t us_watch_streams(us_watch *w);
 

@@ -92,6 +92,7 @@ cmd_up() {
   "api_key": "secret",
   "address": "127.0.0.1",
   "port": $HTTP_PORT,
+  "query": { "status_page": true },
   "user_status": { "enabled": true, "redis_address": "127.0.0.1:$REDIS_PORT", "expire_interval": "744h" },
   "kafka": { "brokers": "127.0.0.1:$KAFKA_PORT", "topic": "user_status", "consumer_group": "userstatus-worker" }
 }
@@ -118,6 +119,7 @@ JSON
 
 userstatus stack is up:
   query service   http://127.0.0.1:$HTTP_PORT   (/health, /metrics; log $RUN/query.log)
+  status page     http://127.0.0.1:$HTTP_PORT/status   (API key: secret)
   workers         metrics on http://127.0.0.1:9101/metrics and :9102 (logs $RUN/worker1.log, worker2.log)
   Kafka           127.0.0.1:$KAFKA_PORT      Redis 127.0.0.1:$REDIS_PORT
   config          $CFG
@@ -126,6 +128,7 @@ Try:
   curl -s -X POST http://127.0.0.1:$HTTP_PORT/api/update_user_status -H 'X-API-Key: secret' -d '{"users":["42"]}'
   curl -s -X POST http://127.0.0.1:$HTTP_PORT/api/get_user_status -H 'X-API-Key: secret' -d '{"users":["42","43"]}'
   curl -s -X POST http://127.0.0.1:$HTTP_PORT/api/delete_user_status -H 'X-API-Key: secret' -d '{"users":["42"]}'
+  curl -sN -X POST http://127.0.0.1:$HTTP_PORT/api/watch_user_status -H 'X-API-Key: secret' -d '{"users":["42"]}'
 
 Stop everything with: scripts/stack.sh down
 EOT

@@ -5,13 +5,14 @@
  * For every partition p of the events topic, two Redis keys hold the users of p whose status may
  * still change by itself (not offline, or offline with an activity time that still matters):
  *
- *   <prefix>#changes:status:<topic>:<p>     hash: user id -> us_presence text ("o <since> <a> <o>")
- *   <prefix>#changes:deadlines:<topic>:<p>  sorted set: user id, score = next deadline (Unix ms)
+ *   <prefix>#changes:status:{<topic>:<p>}     hash: user id -> us_presence text ("o <since> <a> <o>")
+ *   <prefix>#changes:deadlines:{<topic>:<p>}  sorted set: user id, score = next deadline (Unix ms)
  *
  * ('#', not ':', so that no user id can name them: user keys are "<prefix>:<user id>".) Both keys
  * belong to the partition, so whoever owns the partition -- after a crash or a rebalance, the next
  * owner -- finds the deadlines there. Both get the user TTL (user_status.expire_interval) on every
- * write. With client-side shards the pair lives on the shard of "<topic>:<p>".
+ * write. The pair lives on the shard of "<topic>:<p>" (client-side shards), on the master the
+ * sentinels name, or on the cluster master of its slot (the hash tag keeps both in one slot).
  *
  * Event path (us_changes_settle, once per batch, after the batch is in Redis)
  * ----------------------------------------------------------------------------
@@ -40,6 +41,7 @@
 #include "kafka.h"
 #include "log.h"
 #include "metrics.h"
+#include "redis_cluster.h"
 
 #include <hiredis/hiredis.h>
 #include <stdatomic.h>
@@ -59,6 +61,9 @@
 #define RETRY_BACKOFF_MIN_MS 100
 #define RETRY_BACKOFF_MAX_MS 2000
 #define KEY_MAX 1024 /* Bytes of an index key. */
+#define NO_CONN UINT16_MAX
+#define CLUSTER_SLOTS 16384
+#define MAX_SLOT_RANGES 4096
 #define SCORE_MAX 24 /* Bytes of a decimal int64. */
 
 typedef struct ch_user {
@@ -67,7 +72,8 @@ typedef struct ch_user {
     int32_t partition;
     us_presence p;
     int known;        /* Has an entry in the index. */
-    int64_t limit;    /* Scan: advance up to this time. */
+    int64_t limit;     /* Scan: advance up to this time. */
+    int64_t evaluated; /* Time the machine was advanced to (latest event, or the scan limit). */
     int64_t deadline; /* After the machine ran: next deadline or US_PRESENCE_NONE. */
     int has_out;      /* Produced at least one change. */
     us_status store;  /* The status store's view (for users with changes, or scanned). */
@@ -100,6 +106,13 @@ typedef struct ix_conn {
     redisContext *ctx;
 } ix_conn;
 
+/* How the index keys of a partition find their Redis node. */
+typedef enum ix_topo {
+    IX_SHARDS,   /* One instance or client-side shards: Jump hash of "<topic>:<p>". */
+    IX_SENTINEL, /* The master the sentinels name (asked again after errors and READONLY). */
+    IX_CLUSTER,  /* The master of the keys' slot (both keys share the {<topic>:<p>} hash tag). */
+} ix_topo;
+
 struct us_changes {
     const us_config *cfg;
     rd_kafka_t *consumer;
@@ -109,8 +122,13 @@ struct us_changes {
     _Atomic long failed; /* Deliveries failed in the current round. */
 
     ix_conn *conns;
-    size_t nconns;
+    size_t nconns, cap_conns;
     struct timeval connect_tv, io_tv;
+    ix_topo topo;
+    us_redis_addr *seeds; /* Sentinels, or cluster seed nodes. */
+    size_t nseeds;
+    int resolve_needed;  /* Ask the sentinels / read the slot map before the next pipeline. */
+    uint16_t *slot_conn; /* Cluster: connection of each slot, NO_CONN when unknown. */
 
     ch_user *users;
     size_t nusers, cap_users;
@@ -126,7 +144,8 @@ struct us_changes {
 
     ch_part *parts;
     size_t nparts, cap_parts, scan_cursor;
-    int64_t last_scan_ms;
+    int64_t next_scan_ms;
+    int64_t scan_backoff_ms; /* After a failed scan: wait this long (doubling) before the next. */
     int64_t next_resolve_ms; /* Earliest time to ask the broker about new partitions again. */
 
     /* Pipeline of the operation in progress. */
@@ -199,17 +218,64 @@ static void *xrealloc(void *p, size_t n)
 /* ------------------------------------------------------------------------------------------------
  * Redis connections and pipelines */
 
-static size_t conn_for_partition(const us_changes *c, int32_t partition)
-{
-    char tp[KEY_MAX];
-    int n = snprintf(tp, sizeof(tp), "%s:%d", c->cfg->kafka.topic, (int)partition);
-    return us_shard_for_user(tp, (size_t)n, c->nconns);
-}
-
 static void index_key(const us_changes *c, const char *kind, int32_t partition, char *buf)
 {
-    snprintf(buf, KEY_MAX, "%s#changes:%s:%s:%d", c->cfg->user_status.redis_prefix, kind,
+    snprintf(buf, KEY_MAX, "%s#changes:%s:{%s:%d}", c->cfg->user_status.redis_prefix, kind,
              c->cfg->kafka.topic, (int)partition);
+}
+
+/* The connection that serves partition's keys, or NO_CONN (cluster slot not known yet). */
+static size_t conn_for_partition(const us_changes *c, int32_t partition)
+{
+    char key[KEY_MAX];
+    switch (c->topo) {
+    case IX_SENTINEL:
+        return 0;
+    case IX_CLUSTER:
+        index_key(c, "status", partition, key);
+        return c->slot_conn[us_cluster_slot(key, strlen(key))];
+    case IX_SHARDS:
+        break;
+    }
+    int n = snprintf(key, sizeof(key), "%s:%d", c->cfg->kafka.topic, (int)partition);
+    return us_shard_for_user(key, (size_t)n, c->nconns);
+}
+
+static void apply_default_auth(us_redis_addr *a, const char *user, const char *password)
+{
+    if (a->password[0] == '\0' && password[0]) {
+        snprintf(a->user, sizeof(a->user), "%s", user);
+        snprintf(a->password, sizeof(a->password), "%s", password);
+    }
+}
+
+static size_t conn_add(us_changes *c, const us_redis_addr *a)
+{
+    if (c->nconns == c->cap_conns) {
+        c->cap_conns = c->cap_conns ? c->cap_conns * 2 : 8;
+        c->conns = xrealloc(c->conns, c->cap_conns * sizeof(*c->conns));
+    }
+    memset(&c->conns[c->nconns], 0, sizeof(c->conns[0]));
+    c->conns[c->nconns].addr = *a;
+    return c->nconns++;
+}
+
+/* The connection to host:port, added (with the default credentials) when new. */
+static size_t conn_find_or_add(us_changes *c, const char *host, int port)
+{
+    for (size_t i = 0; i < c->nconns; i++)
+        if (c->conns[i].addr.port == port && strcmp(c->conns[i].addr.host, host) == 0) return i;
+    if (c->nconns == c->cap_conns) {
+        c->cap_conns = c->cap_conns ? c->cap_conns * 2 : 8;
+        c->conns = xrealloc(c->conns, c->cap_conns * sizeof(*c->conns));
+    }
+    ix_conn *k = &c->conns[c->nconns];
+    memset(k, 0, sizeof(*k));
+    snprintf(k->addr.host, sizeof(k->addr.host), "%s", host);
+    k->addr.port = port;
+    apply_default_auth(&k->addr, c->cfg->user_status.redis_user,
+                       c->cfg->user_status.redis_password);
+    return c->nconns++;
 }
 
 static void conn_close(ix_conn *k)
@@ -239,6 +305,7 @@ static int conn_open(us_changes *c, ix_conn *k)
         snprintf(c->pl_err, sizeof(c->pl_err), "redis %s:%d: cannot connect: %s", k->addr.host,
                  k->addr.port, k->ctx ? k->ctx->errstr : "out of memory");
         conn_close(k);
+        if (c->topo != IX_SHARDS) c->resolve_needed = 1;
         return -1;
     }
     redisSetTimeout(k->ctx, c->io_tv);
@@ -259,6 +326,69 @@ fail:
     return -1;
 }
 
+/* Sentinel: asks the sentinels which node is the master (conns[0]). Cluster: reads the slot map
+ * from a seed or a known node. Returns 0, or -1 with c->pl_err set. */
+static int resolve(us_changes *c)
+{
+    size_t ncand = c->nseeds + (c->topo == IX_CLUSTER ? c->nconns : 0);
+    for (size_t i = 0; i < ncand; i++) {
+        ix_conn probe = {.addr = i < c->nseeds ? c->seeds[i] : c->conns[i - c->nseeds].addr};
+        if (conn_open(c, &probe) != 0) continue;
+        redisReply *r;
+        if (c->topo == IX_SENTINEL) {
+            const char *argv[3] = {"SENTINEL", "get-master-addr-by-name",
+                                   c->cfg->user_status.redis_sentinel_master_name};
+            r = redisCommandArgv(probe.ctx, 3, argv, NULL);
+            int ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+                     r->element[0]->type == REDIS_REPLY_STRING &&
+                     r->element[1]->type == REDIS_REPLY_STRING;
+            if (ok) {
+                ix_conn *m = &c->conns[0];
+                int port = atoi(r->element[1]->str);
+                if (m->addr.port != port || strcmp(m->addr.host, r->element[0]->str) != 0) {
+                    conn_close(m);
+                    snprintf(m->addr.host, sizeof(m->addr.host), "%s", r->element[0]->str);
+                    m->addr.port = port;
+                }
+            } else {
+                snprintf(c->pl_err, sizeof(c->pl_err), "sentinel %s:%d: no master '%s'",
+                         probe.addr.host, probe.addr.port,
+                         c->cfg->user_status.redis_sentinel_master_name);
+            }
+            if (r) freeReplyObject(r);
+            conn_close(&probe);
+            if (ok) {
+                c->pl_err[0] = '\0'; /* Sentinels that failed before do not matter now. */
+                return 0;
+            }
+            continue;
+        }
+        static us_slot_range ranges[MAX_SLOT_RANGES]; /* Big; one engine per process. */
+        const char *argv[2] = {"CLUSTER", "SLOTS"};
+        r = redisCommandArgv(probe.ctx, 2, argv, NULL);
+        int n = r ? us_cluster_parse_slots(r, ranges, MAX_SLOT_RANGES) : -1;
+        if (r) freeReplyObject(r);
+        conn_close(&probe);
+        if (n <= 0) {
+            snprintf(c->pl_err, sizeof(c->pl_err), "redis %s:%d: no usable CLUSTER SLOTS reply",
+                     probe.addr.host, probe.addr.port);
+            continue;
+        }
+        for (size_t slot = 0; slot < CLUSTER_SLOTS; slot++) c->slot_conn[slot] = NO_CONN;
+        for (int j = 0; j < n; j++) {
+            size_t k = conn_find_or_add(c, ranges[j].host, ranges[j].port);
+            for (unsigned slot = ranges[j].first; slot <= ranges[j].last; slot++)
+                c->slot_conn[slot] = (uint16_t)k;
+        }
+        c->pl_err[0] = '\0';
+        return 0;
+    }
+    if (!c->pl_err[0])
+        snprintf(c->pl_err, sizeof(c->pl_err), "no %s answered",
+                 c->topo == IX_SENTINEL ? "sentinel" : "cluster node");
+    return -1;
+}
+
 static void pl_reset(us_changes *c)
 {
     for (size_t i = 0; i < c->ncmds; i++)
@@ -276,6 +406,23 @@ static void pl_reserve_argv(us_changes *c, size_t argc)
     c->argvlen = xrealloc(c->argvlen, c->cap_argv * sizeof(*c->argvlen));
 }
 
+/* Appends the command in c->argv[0..argc) to connection k (one already used by this pipeline). */
+static void pl_cmd_conn(us_changes *c, size_t k, size_t argc)
+{
+    if (c->ncmds == c->cap_cmds) {
+        c->cap_cmds = c->cap_cmds * 2;
+        c->cmd_conn = xrealloc(c->cmd_conn, c->cap_cmds * sizeof(*c->cmd_conn));
+        c->replies = xrealloc(c->replies, c->cap_cmds * sizeof(*c->replies));
+    }
+    size_t i = c->ncmds++;
+    c->cmd_conn[i] = k;
+    c->replies[i] = NULL;
+    if (c->pl_err[0]) return;
+    if (redisAppendCommandArgv(c->conns[k].ctx, (int)argc, c->argv, c->argvlen) != REDIS_OK)
+        snprintf(c->pl_err, sizeof(c->pl_err), "redis %s:%d: %s", c->conns[k].addr.host,
+                 c->conns[k].addr.port, c->conns[k].ctx->errstr);
+}
+
 /* Appends the command in c->argv[0..argc) to the connection of partition. A connection that cannot
  * be opened makes the whole pipeline fail in pl_run. */
 static void pl_cmd(us_changes *c, int32_t partition, size_t argc)
@@ -285,11 +432,22 @@ static void pl_cmd(us_changes *c, int32_t partition, size_t argc)
         c->cmd_conn = xrealloc(c->cmd_conn, c->cap_cmds * sizeof(*c->cmd_conn));
         c->replies = xrealloc(c->replies, c->cap_cmds * sizeof(*c->replies));
     }
-    size_t k = conn_for_partition(c, partition);
     size_t i = c->ncmds++;
-    c->cmd_conn[i] = k;
+    c->cmd_conn[i] = NO_CONN;
     c->replies[i] = NULL;
     if (c->pl_err[0]) return;
+    if (c->resolve_needed) {
+        if (resolve(c) != 0) return;
+        c->resolve_needed = 0;
+    }
+    size_t k = conn_for_partition(c, partition);
+    if (k == NO_CONN) {
+        snprintf(c->pl_err, sizeof(c->pl_err), "no cluster node serves partition %d's slot",
+                 (int)partition);
+        c->resolve_needed = 1;
+        return;
+    }
+    c->cmd_conn[i] = k;
     if (conn_open(c, &c->conns[k]) != 0) return;
     if (redisAppendCommandArgv(c->conns[k].ctx, (int)argc, c->argv, c->argvlen) != REDIS_OK)
         snprintf(c->pl_err, sizeof(c->pl_err), "redis %s:%d: %s", c->conns[k].addr.host,
@@ -312,23 +470,35 @@ static int pl_run(us_changes *c, char *err, size_t errlen)
                 break;
             }
     }
-    for (size_t i = 0; i < c->ncmds && !c->pl_err[0]; i++) {
+    int io_error = c->pl_err[0] != '\0';
+    for (size_t i = 0; i < c->ncmds && !io_error; i++) {
         ix_conn *conn = &c->conns[c->cmd_conn[i]];
         void *r = NULL;
         if (redisGetReply(conn->ctx, &r) != REDIS_OK || !r) {
             snprintf(c->pl_err, sizeof(c->pl_err), "redis %s:%d: %s", conn->addr.host,
                      conn->addr.port, conn->ctx->errstr);
+            io_error = 1;
             break;
         }
         c->replies[i] = r;
-        if (c->replies[i]->type == REDIS_REPLY_ERROR)
+        if (c->replies[i]->type != REDIS_REPLY_ERROR) continue;
+        /* An error reply: keep reading (the connection stays in step); a redirect or a replica
+         * means the topology changed under us. */
+        const char *e = c->replies[i]->str;
+        if (strncmp(e, "MOVED ", 6) == 0 || strncmp(e, "ASK ", 4) == 0 ||
+            strncmp(e, "READONLY", 8) == 0 || strncmp(e, "CLUSTERDOWN", 11) == 0)
+            c->resolve_needed = c->topo != IX_SHARDS;
+        if (!c->pl_err[0])
             snprintf(c->pl_err, sizeof(c->pl_err), "redis %s:%d: %s", conn->addr.host,
-                     conn->addr.port, c->replies[i]->str);
+                     conn->addr.port, e);
     }
     if (!c->pl_err[0]) return 0;
     snprintf(err, errlen, "%s", c->pl_err);
-    /* Replies still unread would pair with the next pipeline's commands: drop the connections. */
-    for (size_t k = 0; k < c->nconns; k++) conn_close(&c->conns[k]);
+    if (io_error) {
+        /* Replies still unread would pair with the next pipeline's commands. */
+        for (size_t k = 0; k < c->nconns; k++) conn_close(&c->conns[k]);
+        if (c->topo != IX_SHARDS) c->resolve_needed = 1;
+    }
     pl_reset(c);
     return -1;
 }
@@ -363,6 +533,7 @@ static uint32_t user_find_or_add(us_changes *c, const char *id, size_t len, int3
     u->id = id;
     u->len = len;
     u->partition = partition;
+    u->evaluated = US_PRESENCE_NONE;
     us_presence_init(&u->p);
     c->slots[s] = (uint32_t)++c->nusers;
     return (uint32_t)(c->nusers - 1);
@@ -448,7 +619,7 @@ static int write_index(us_changes *c, char *err, size_t errlen)
         size_t nset = 0, ndel = 0;
         for (size_t j = i; j < end; j++) {
             ch_user *u = &c->users[c->order[j]];
-            u->deadline = us_presence_deadline(&c->rules, &u->p);
+            u->deadline = us_presence_deadline(&c->rules, &u->p, u->evaluated);
             if (u->deadline != US_PRESENCE_NONE) {
                 nset++;
                 us_presence_format(&u->p, u->text, sizeof(u->text));
@@ -497,7 +668,38 @@ static int write_index(us_changes *c, char *err, size_t errlen)
         i = end;
     }
     if (c->ncmds == 0) return 0;
+    /* With user_status.redis_wait_replicas, the index is as durable as the status store: WAIT
+     * on every node written (a failover must not lose deadlines). */
+    size_t nwrites = c->ncmds;
+    int replicas = c->cfg->user_status.redis_wait_replicas;
+    if (replicas > 0) {
+        char n[16], timeout[SCORE_MAX];
+        snprintf(n, sizeof(n), "%d", replicas);
+        snprintf(timeout, sizeof(timeout), "%lld",
+                 (long long)c->cfg->user_status.redis_wait_timeout_ms);
+        for (size_t k = 0; k < c->nconns; k++) {
+            int used = 0;
+            for (size_t i = 0; i < nwrites && !used; i++) used = c->cmd_conn[i] == k;
+            if (!used) continue;
+            c->argv[0] = "WAIT";
+            c->argvlen[0] = 4;
+            c->argv[1] = n;
+            c->argvlen[1] = strlen(n);
+            c->argv[2] = timeout;
+            c->argvlen[2] = strlen(timeout);
+            pl_cmd_conn(c, k, 3);
+        }
+    }
     if (pl_run(c, err, errlen) != 0) return -1;
+    for (size_t i = nwrites; i < c->ncmds; i++) {
+        if (c->replies[i]->type == REDIS_REPLY_INTEGER && c->replies[i]->integer >= replicas)
+            continue;
+        snprintf(err, errlen, "redis %s:%d: WAIT %d: only %lld replica(s) acknowledged",
+                 c->conns[c->cmd_conn[i]].addr.host, c->conns[c->cmd_conn[i]].addr.port,
+                 replicas, (long long)c->replies[i]->integer);
+        pl_reset(c);
+        return -1;
+    }
     pl_reset(c);
     for (size_t i = 0; i < c->nusers; i++)
         c->users[i].known = c->users[i].deadline != US_PRESENCE_NONE;
@@ -654,6 +856,7 @@ static int publish_and_record(us_changes *c, us_redis *store, int scanned, int r
                 u->p.online = u->store.online * 1000;
             us_transition tr[US_PRESENCE_MAX_TRANSITIONS];
             out_push(c, (uint32_t)i, tr, us_presence_advance(&c->rules, &u->p, u->limit, tr));
+            u->evaluated = u->limit;
         }
     }
     delay = RETRY_BACKOFF_MIN_MS;
@@ -692,9 +895,10 @@ int us_changes_settle(us_changes *c, us_redis *store)
     c->nouts = 0;
     for (size_t i = 0; i < c->nevents; i++) {
         const ch_event *e = &c->events[i];
+        ch_user *u = &c->users[e->user];
         us_transition tr[US_PRESENCE_MAX_TRANSITIONS];
-        out_push(c, e->user, tr,
-                 us_presence_apply(&c->rules, &c->users[e->user].p, e->type, e->t, tr));
+        out_push(c, e->user, tr, us_presence_apply(&c->rules, &u->p, e->type, e->t, tr));
+        if (e->t > u->evaluated) u->evaluated = e->t;
     }
     return publish_and_record(c, store, 0, 1);
 }
@@ -787,6 +991,19 @@ static int64_t scan_limit(us_changes *c, const ch_part *p, int64_t now)
     return p->last_ts >= 0 ? p->last_ts - SCAN_GRACE_MS : US_PRESENCE_NONE;
 }
 
+/* A scan failed: logs it and delays the next one (RETRY_BACKOFF_MIN_MS doubling up to
+ * RETRY_BACKOFF_MAX_MS), so that a Redis outage neither floods the log nor stalls the consumer
+ * loop on connection attempts every CHANGES_SCAN_INTERVAL_MS. */
+static void scan_failed(us_changes *c, const char *what, const char *err)
+{
+    step_failed(c, what, err);
+    c->scan_backoff_ms = c->scan_backoff_ms ? c->scan_backoff_ms * 2 : RETRY_BACKOFF_MIN_MS;
+    if (c->scan_backoff_ms > RETRY_BACKOFF_MAX_MS) c->scan_backoff_ms = RETRY_BACKOFF_MAX_MS;
+    c->next_scan_ms = now_ms() + c->scan_backoff_ms;
+    us_error("status changes: %s: %s; next scan in %lld ms", what, err,
+             (long long)c->scan_backoff_ms);
+}
+
 static void hold_free(us_changes *c)
 {
     for (size_t i = 0; i < c->nheld; i++) freeReplyObject(c->held[i]);
@@ -797,8 +1014,8 @@ void us_changes_tick(us_changes *c, us_redis *store)
 {
     if (!c || c->nparts == 0) return;
     int64_t now = now_ms();
-    if (now - c->last_scan_ms < CHANGES_SCAN_INTERVAL_MS) return;
-    c->last_scan_ms = now;
+    if (now < c->next_scan_ms) return;
+    c->next_scan_ms = now + CHANGES_SCAN_INTERVAL_MS;
     resolve_starts(c);
 
     char err[1024], dkey[KEY_MAX], limit_text[SCORE_MAX], count[SCORE_MAX];
@@ -827,8 +1044,7 @@ void us_changes_tick(us_changes *c, us_redis *store)
     c->scan_cursor = c->nparts ? (c->scan_cursor + nscan) % c->nparts : 0;
     if (nscan == 0) return;
     if (pl_run(c, err, sizeof(err)) != 0) {
-        step_failed(c, "scanning deadlines", err);
-        us_error("status changes: scanning deadlines: %s (next scan retries)", err);
+        scan_failed(c, "scanning deadlines", err);
         return;
     }
     /* The users point into the replies: keep them until the scan is done. */
@@ -843,17 +1059,22 @@ void us_changes_tick(us_changes *c, us_redis *store)
         }
     }
     pl_reset(c);
-    if (c->nusers == 0) steps_succeeded(c);
+    if (c->nusers == 0) {
+        steps_succeeded(c);
+        c->scan_backoff_ms = 0;
+    }
     if (c->nusers > 0) {
         order_users(c);
         if (read_index(c, err, sizeof(err)) != 0) {
-            step_failed(c, "reading the deadline index", err);
-            us_error("status changes: reading the deadline index: %s (next scan retries)", err);
+            scan_failed(c, "reading the deadline index", err);
         } else {
             /* Listed in the deadlines: remove them even when the hash lost them. */
             for (size_t i = 0; i < c->nusers; i++) c->users[i].known = 1;
             c->nouts = 0;
-            publish_and_record(c, store, 1, 0);
+            if (publish_and_record(c, store, 1, 0) != 0)
+                scan_failed(c, "publishing due deadlines", "see above");
+            else
+                c->scan_backoff_ms = 0;
         }
     }
     users_reset(c);
@@ -866,9 +1087,7 @@ void us_changes_tick(us_changes *c, us_redis *store)
 int us_changes_ensure_topic(us_changes *c, int timeout_ms, char *err, size_t errlen)
 {
     if (!c) return 0;
-    static const char *const configs[][2] = {{"cleanup.policy", "compact"}};
-    return us_kafka_ensure_topic(c->producer, c->cfg, c->cfg->changes.topic, configs, 1,
-                                 timeout_ms, err, errlen);
+    return us_kafka_ensure_changes_topic(c->producer, c->cfg, timeout_ms, err, errlen);
 }
 
 static struct timeval ms_to_tv(int64_t ms)
@@ -882,13 +1101,6 @@ us_changes *us_changes_new(const us_config *cfg, rd_kafka_t *consumer,
 {
     err[0] = '\0';
     if (!cfg->changes.enabled) return NULL;
-    if (cfg->user_status.redis_sentinel_address.count > 0 ||
-        cfg->user_status.redis_cluster_address.count > 0) {
-        us_warn("status changes are off: their deadline index supports one Redis or client-side "
-                "shards, not Sentinel or Cluster yet (set changes.enabled to false to silence "
-                "this)");
-        return NULL;
-    }
     us_changes *c = calloc(1, sizeof(*c));
     if (!c) {
         snprintf(err, errlen, "status changes: out of memory");
@@ -902,15 +1114,45 @@ us_changes *us_changes_new(const us_config *cfg, rd_kafka_t *consumer,
     c->connect_tv = ms_to_tv(cfg->user_status.redis_connect_timeout_ms);
     c->io_tv = ms_to_tv(cfg->user_status.redis_io_timeout_ms);
 
-    const us_strlist *addrs = us_config_redis_addresses(cfg);
-    c->nconns = addrs->count;
-    c->conns = calloc(c->nconns ? c->nconns : 1, sizeof(*c->conns));
-    for (size_t i = 0; c->conns && i < c->nconns; i++) {
-        if (us_redis_addr_parse(addrs->items[i], &c->conns[i].addr, err, errlen) != 0) goto fail;
-        us_redis_addr *a = &c->conns[i].addr;
-        if (a->password[0] == '\0' && cfg->user_status.redis_password[0]) {
-            snprintf(a->user, sizeof(a->user), "%s", cfg->user_status.redis_user);
-            snprintf(a->password, sizeof(a->password), "%s", cfg->user_status.redis_password);
+    const us_strlist *seeds = NULL;
+    if (cfg->user_status.redis_sentinel_address.count > 0) {
+        c->topo = IX_SENTINEL;
+        seeds = &cfg->user_status.redis_sentinel_address;
+    } else if (cfg->user_status.redis_cluster_address.count > 0) {
+        c->topo = IX_CLUSTER;
+        seeds = &cfg->user_status.redis_cluster_address;
+        c->slot_conn = malloc(CLUSTER_SLOTS * sizeof(*c->slot_conn));
+        if (!c->slot_conn) {
+            snprintf(err, errlen, "status changes: out of memory");
+            goto fail;
+        }
+        for (size_t slot = 0; slot < CLUSTER_SLOTS; slot++) c->slot_conn[slot] = NO_CONN;
+    }
+    if (seeds) {
+        c->resolve_needed = 1;
+        c->nseeds = seeds->count;
+        c->seeds = calloc(c->nseeds, sizeof(*c->seeds));
+        for (size_t i = 0; c->seeds && i < c->nseeds; i++) {
+            if (us_redis_addr_parse(seeds->items[i], &c->seeds[i], err, errlen) != 0) goto fail;
+            if (c->topo == IX_SENTINEL)
+                apply_default_auth(&c->seeds[i], cfg->user_status.redis_sentinel_user,
+                                   cfg->user_status.redis_sentinel_password);
+            else
+                apply_default_auth(&c->seeds[i], cfg->user_status.redis_user,
+                                   cfg->user_status.redis_password);
+        }
+        if (!c->seeds) {
+            snprintf(err, errlen, "status changes: out of memory");
+            goto fail;
+        }
+        if (c->topo == IX_SENTINEL) conn_find_or_add(c, "", 0); /* The master, once resolved. */
+    } else {
+        const us_strlist *addrs = us_config_redis_addresses(cfg);
+        for (size_t i = 0; i < addrs->count; i++) {
+            us_redis_addr a;
+            if (us_redis_addr_parse(addrs->items[i], &a, err, errlen) != 0) goto fail;
+            apply_default_auth(&a, cfg->user_status.redis_user, cfg->user_status.redis_password);
+            conn_add(c, &a); /* One per shard, even two databases of one server. */
         }
     }
     size_t batch = (size_t)cfg->worker.batch_size;
@@ -925,7 +1167,7 @@ us_changes *us_changes_new(const us_config *cfg, rd_kafka_t *consumer,
     c->refs = calloc(c->cap_users, sizeof(*c->refs));
     c->statuses = calloc(c->cap_users, sizeof(*c->statuses));
     c->order = calloc(c->cap_users, sizeof(*c->order));
-    if (!c->conns || !c->users || !c->slots || !c->events || !c->refs || !c->statuses ||
+    if (!c->users || !c->slots || !c->events || !c->refs || !c->statuses ||
         !c->order) {
         snprintf(err, errlen, "status changes: out of memory for %zu users", c->cap_users);
         goto fail;
@@ -971,6 +1213,8 @@ void us_changes_free(us_changes *c)
     hold_free(c);
     for (size_t i = 0; c->conns && i < c->nconns; i++) conn_close(&c->conns[i]);
     free(c->conns);
+    free(c->seeds);
+    free(c->slot_conn);
     free(c->users);
     free(c->slots);
     free(c->events);

@@ -20,8 +20,7 @@ typedef struct us_changes us_changes;
 
 /* Creates the engine (its producer and its Redis connections, opened lazily). consumer is the
  * worker's consumer (for partition positions), stop its shutdown flag. Returns NULL with err set
- * on failure, and NULL with err empty when changes are off: changes.enabled is false, or the
- * Redis topology (Sentinel, Cluster) is one the deadline index does not support yet (logged). */
+ * on failure, and NULL with err empty when changes.enabled is false. */
 us_changes *us_changes_new(const us_config *cfg, rd_kafka_t *consumer,
                            volatile sig_atomic_t *stop, char *err, size_t errlen);
 void us_changes_free(us_changes *c);

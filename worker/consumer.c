@@ -7,7 +7,9 @@
  * the batch and the dead-letter producer acknowledged every dead-lettered message of it. A batch is
  * everything the local queue holds (up to worker.batch_size messages), so when the batch is done
  * every message of every partition in it is done, and the stored offset (last offset + 1) never
- * skips an unfinished message.
+ * skips an unfinished message. With status changes on, "done" also means that the status change
+ * engine (worker/changes.c) published the batch's transitions, acknowledged, and recorded them in
+ * its deadline index; between batches it fires the deadlines that passed.
  *
  * Partitions are only revoked inside rd_kafka_consumer_poll(), from the rebalance callback. The
  * callback first finishes the batch in hand (so its offsets are stored while the partitions are

@@ -14,7 +14,7 @@ from test_proxy import json_200, metric, proxy, rpc_body
 
 # Two user ids with the same 64-bit FNV-1a hash (found by a Pollard-rho search): before the debounce
 # table was keyed, the second user's "active" events were suppressed as repeats of the first's.
-FNV_COLLISION = ("u-@A@", "u-@B@")
+FNV_COLLISION = ("u-ceec80e0913679a9", "u-1e24a715ee0259d8")
 
 
 def rss_kib(pid):

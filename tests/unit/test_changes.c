@@ -28,7 +28,7 @@ static void test_first_active_event_makes_a_user_online_at_its_time(void **state
     assert_transition(&out[0], US_STATUS_ONLINE, 1000);
     assert_int_equal(out[0].active, 1000);
     assert_int_equal(out[0].online, NONE);
-    assert_int_equal(us_presence_deadline(&rules, &p), 61000); /* Offline before away. */
+    assert_int_equal(us_presence_deadline(&rules, &p, 1000), 61000); /* Offline before away. */
 }
 
 static void test_heartbeat_only_user_is_away(void **state)
@@ -55,7 +55,7 @@ static void test_heartbeats_keep_a_user_online_until_activity_goes_stale(void **
         }
     }
     /* Silence: offline one offline_after after the last heartbeat. */
-    assert_int_equal(us_presence_deadline(&rules, &p), 460000);
+    assert_int_equal(us_presence_deadline(&rules, &p, 400000), 460000);
     assert_int_equal(us_presence_advance(&rules, &p, 459999, out), 0);
     assert_int_equal(us_presence_advance(&rules, &p, 10000000, out), 1);
     assert_transition(&out[0], US_STATUS_OFFLINE, 460000);
@@ -68,12 +68,12 @@ static void test_late_scan_reports_every_missed_transition_at_its_own_time(void 
     us_presence_init(&p);
     us_transition out[US_PRESENCE_MAX_TRANSITIONS];
     us_presence_apply(&r, &p, US_EVENT_ACTIVE, 10000, out);
-    assert_int_equal(us_presence_deadline(&r, &p), 11000);
+    assert_int_equal(us_presence_deadline(&r, &p, 10000), 11000);
     assert_int_equal(us_presence_advance(&r, &p, 99000, out), 2);
     assert_transition(&out[0], US_STATUS_AWAY, 11000);
     assert_transition(&out[1], US_STATUS_OFFLINE, 13000);
     /* Offline, and the activity is stale: nothing left to watch. */
-    assert_int_equal(us_presence_deadline(&r, &p), NONE);
+    assert_int_equal(us_presence_deadline(&r, &p, 99000), NONE);
 }
 
 static void test_event_after_silence_reports_offline_then_online(void **state)
@@ -97,7 +97,7 @@ static void test_delete_makes_an_online_user_offline_at_the_delete(void **state)
     assert_int_equal(us_presence_apply(&rules, &p, US_EVENT_DELETE, 2000, out), 1);
     assert_transition(&out[0], US_STATUS_OFFLINE, 2000);
     assert_int_equal(out[0].active, NONE);
-    assert_int_equal(us_presence_deadline(&rules, &p), NONE);
+    assert_int_equal(us_presence_deadline(&rules, &p, 2000), NONE);
     /* A delete of an offline user changes nothing. */
     assert_int_equal(us_presence_apply(&rules, &p, US_EVENT_DELETE, 3000, out), 0);
 }
@@ -114,9 +114,24 @@ static void test_late_event_never_moves_history_backwards(void **state)
      * offline time rather than before it. */
     assert_int_equal(us_presence_apply(&rules, &p, US_EVENT_ACTIVE, 150000, out), 1);
     assert_transition(&out[0], US_STATUS_ONLINE, 160000);
-    assert_int_equal(us_presence_deadline(&rules, &p), 210000);
+    assert_int_equal(us_presence_deadline(&rules, &p, 150000), 210000);
     /* An old event that changes nothing reports nothing. */
     assert_int_equal(us_presence_apply(&rules, &p, US_EVENT_ONLINE, 90000, out), 0);
+}
+
+static void test_offline_user_is_kept_while_its_activity_matters_then_forgotten(void **state)
+{
+    us_presence p;
+    us_presence_init(&p);
+    us_transition out[US_PRESENCE_MAX_TRANSITIONS];
+    us_presence_apply(&rules, &p, US_EVENT_ACTIVE, 0, out);
+    assert_int_equal(us_presence_advance(&rules, &p, 100000, out), 1);
+    assert_transition(&out[0], US_STATUS_OFFLINE, 60000);
+    /* Should the user come back before 300 s, it is online, not away: keep it until then. */
+    assert_int_equal(us_presence_deadline(&rules, &p, 100000), 300000);
+    /* A scan past that time reports nothing and leaves nothing due. */
+    assert_int_equal(us_presence_advance(&rules, &p, 300500, out), 0);
+    assert_int_equal(us_presence_deadline(&rules, &p, 300500), NONE);
 }
 
 static void test_away_after_shorter_than_offline_after(void **state)
@@ -231,21 +246,33 @@ static void test_machine_equals_brute_force_reference(void **state)
         int ngot = 0;
         us_presence p;
         us_presence_init(&p);
-        int64_t clock = 0, last_event = NONE;
+        int64_t clock = 0, last_event = NONE, evaluated = NONE;
         for (int e = 0; e <= nev; e++) {
             int64_t next = e < nev ? ev[e].t : TICKS;
             while (rand() % 3) { /* Scans between the previous event and this one. */
                 int64_t c = clock + rand() % (next - clock + 1);
                 clock = c;
-                int64_t d = us_presence_deadline(&r, &p);
-                if (d != NONE && d <= c) ngot += (int)us_presence_advance(&r, &p, c, &got[ngot]);
-                if (forget && us_presence_deadline(&r, &p) == NONE) us_presence_init(&p);
+                int64_t d = us_presence_deadline(&r, &p, evaluated);
+                if (d != NONE && d <= c) {
+                    ngot += (int)us_presence_advance(&r, &p, c, &got[ngot]);
+                    evaluated = c;
+                    /* Nothing stays due after a scan: the worker would scan it forever. */
+                    d = us_presence_deadline(&r, &p, evaluated);
+                    if (d != NONE && d <= c)
+                        fail_msg("round %d: deadline %lld still due after a scan at %lld", round,
+                                 (long long)d, (long long)c);
+                }
+                if (forget && d == NONE) {
+                    us_presence_init(&p);
+                    evaluated = NONE;
+                }
                 if (c != last_event && ngot != before_events[c])
                     fail_msg("round %d: scan at %lld reported %d changes, reference %d", round,
                              (long long)c, ngot, before_events[c]);
             }
             if (e == nev) break;
             clock = last_event = ev[e].t;
+            if (ev[e].t > evaluated) evaluated = ev[e].t;
             ngot += (int)us_presence_apply(&r, &p, ev[e].type, ev[e].t, &got[ngot]);
             char text[US_PRESENCE_TEXT_MAX];
             int len = us_presence_format(&p, text, sizeof(text));
@@ -360,6 +387,7 @@ int main(void)
         cmocka_unit_test(test_event_after_silence_reports_offline_then_online),
         cmocka_unit_test(test_delete_makes_an_online_user_offline_at_the_delete),
         cmocka_unit_test(test_late_event_never_moves_history_backwards),
+        cmocka_unit_test(test_offline_user_is_kept_while_its_activity_matters_then_forgotten),
         cmocka_unit_test(test_away_after_shorter_than_offline_after),
         cmocka_unit_test(test_index_text_round_trips),
         cmocka_unit_test(test_index_text_rejects_garbage),

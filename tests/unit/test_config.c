@@ -789,6 +789,34 @@ static void test_bad_notify_values_name_the_key(void **state)
 }
 
 
+/* The status page is off unless asked for: a service that never served HTML does not start to
+ * after an upgrade. */
+static void test_status_page_is_off_by_default_and_can_be_enabled(void **state)
+{
+    us_config cfg;
+    char err[256];
+    assert_int_equal(us_config_load(&cfg, NULL, NULL, NULL, 0, err, sizeof(err)), 0);
+    assert_false(cfg.query.status_page);
+    us_config_free(&cfg);
+
+    assert_int_equal(load_text(&cfg, "{\"query\": {\"status_page\": true}}", NULL, err,
+                               sizeof(err)),
+                     0);
+    assert_true(cfg.query.status_page);
+    us_config_free(&cfg);
+
+    char *envp[] = {"USERSTATUS_QUERY_STATUS_PAGE=true", NULL};
+    assert_int_equal(us_config_load(&cfg, NULL, envp, NULL, 0, err, sizeof(err)), 0);
+    assert_true(cfg.query.status_page);
+    us_config_free(&cfg);
+
+    const bad_config cases[] = {
+        {"{\"query\": {\"status_page\": \"yes\"}}", "'query.status_page'"},
+        {"{\"query\": {\"status_page\": 1}}", "'query.status_page'"},
+    };
+    assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -829,6 +857,7 @@ int main(void)
         cmocka_unit_test(test_notify_defaults_configure_no_destination),
         cmocka_unit_test(test_webhooks_and_centrifugo_from_file_and_environment),
         cmocka_unit_test(test_bad_notify_values_name_the_key),
+        cmocka_unit_test(test_status_page_is_off_by_default_and_can_be_enabled),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "coalesce.h"
 #include "debounce.h"
 #include "proxy.h"
 
@@ -182,6 +183,20 @@ static void test_second_active_within_interval_is_suppressed(void **state)
     us_debounce_free(d);
 }
 
+/* Two ids with the same 64-bit FNV-1a hash (0xe2a7ed350144fd4b), found by a Pollard-rho search: with
+ * the public hash as identity, a client could suppress another user's events by sending this id. */
+static void test_colliding_fnv1a_ids_are_different_users(void **state)
+{
+    static const char a[] = "u-ceec80e0913679a9", b[] = "u-1e24a715ee0259d8";
+    assert_int_equal(us_fnv1a64(a, strlen(a)), us_fnv1a64(b, strlen(b)));
+    us_debounce *d = us_debounce_new(64, 1000);
+    us_debounce_claim_t c;
+    assert_int_equal(us_debounce_claim(d, a, strlen(a), NULL, 0, 0, 10000, &c), 1);
+    assert_int_equal(us_debounce_claim(d, b, strlen(b), NULL, 0, 0, 10001, &c), 1);
+    assert_int_equal(us_debounce_claim(d, b, strlen(b), NULL, 0, 0, 10002, &c), 0);
+    us_debounce_free(d);
+}
+
 static void test_state_change_is_never_suppressed(void **state)
 {
     us_debounce *d = us_debounce_new(64, 1000);
@@ -260,6 +275,7 @@ int main(void)
         cmocka_unit_test(test_refresh_as_centrifugo_sends_it_produces_for_the_user),
         cmocka_unit_test(test_refresh_of_anonymous_or_bad_body_produces_nothing),
         cmocka_unit_test(test_second_active_within_interval_is_suppressed),
+        cmocka_unit_test(test_colliding_fnv1a_ids_are_different_users),
         cmocka_unit_test(test_state_change_is_never_suppressed),
         cmocka_unit_test(test_state_after_stateless_event_is_sent),
         cmocka_unit_test(test_released_claim_lets_the_next_call_send),
