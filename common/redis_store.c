@@ -2,7 +2,9 @@
  * together behind the interface of redis_store.h. */
 #include "redis_store.h"
 
+#include "clock.h"
 #include "log.h"
+#include "metrics.h"
 #include "redis_pipeline.h"
 #include "redis_topology.h"
 
@@ -23,10 +25,29 @@ struct us_redis {
 
 static const us_status_model_ops *const models[] = {&us_status_buckets, &us_status_per_user};
 
+/* Upper bounds of the round-trip buckets. Seconds. */
+static const double ROUNDTRIP_BOUNDS[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                          0.025,  0.05,    0.1,    0.25,  0.5,    1,     2.5};
+static us_metric *m_write_rt, *m_read_rt;
+
 void us_redis_metrics_register(void)
 {
     us_pipeline_metrics_register();
     us_status_buckets_metrics_register();
+    const size_t nb = sizeof(ROUNDTRIP_BOUNDS) / sizeof(ROUNDTRIP_BOUNDS[0]);
+    const char *help = "One pipelined store operation: formatting, one round trip per Redis node "
+                       "involved (more after redirects), reply parsing; role write (worker) or "
+                       "read (query).";
+    m_write_rt = us_metric_histogram("userstatus_redis_roundtrip_seconds{role=\"write\"}", help,
+                                     ROUNDTRIP_BOUNDS, nb);
+    m_read_rt = us_metric_histogram("userstatus_redis_roundtrip_seconds{role=\"read\"}", help,
+                                    ROUNDTRIP_BOUNDS, nb);
+}
+
+/* Observes the time since t0_ns into m (NULL before registration: tests, benches). */
+static void observe_since(us_metric *m, int64_t t0_ns)
+{
+    if (m) us_metric_observe(m, (double)(us_monotonic_ns() - t0_ns) / 1e9);
 }
 
 us_redis *us_redis_new(const us_config *cfg, char *err, size_t errlen)
@@ -74,7 +95,9 @@ int us_redis_apply(us_redis *r, const us_user_update *updates, size_t n, uint8_t
         }
         flags = r->refused;
     }
+    int64_t t0 = us_monotonic_ns();
     int nrefused = r->ops->apply(r->model, &r->pipe, updates, n, flags, err, errlen);
+    observe_since(m_write_rt, t0);
     if (nrefused < 0 || (nrefused > 0 && !refused)) return -1;
     if (r->wait_replicas > 0 && n > 0 &&
         us_pipeline_wait_replicas(&r->pipe, r->wait_replicas, r->wait_timeout_ms, err, errlen) != 0)
@@ -85,7 +108,10 @@ int us_redis_apply(us_redis *r, const us_user_update *updates, size_t n, uint8_t
 int us_redis_get(us_redis *r, const us_user_ref *users, size_t n, us_status *out, char *err,
                  size_t errlen)
 {
-    if (r->ops->get(r->model, &r->pipe, users, n, out, err, errlen) == 0) return 0;
+    int64_t t0 = us_monotonic_ns();
+    int rc = r->ops->get(r->model, &r->pipe, users, n, out, err, errlen);
+    observe_since(m_read_rt, t0);
+    if (rc == 0) return 0;
     /* A pooled connection may have been closed by the server while idle, or the topology changed:
      * retry once on fresh connections (reads are idempotent). */
     us_debug("retrying read after: %s", err);
