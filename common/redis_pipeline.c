@@ -126,6 +126,13 @@ static int starts(const char *s, const char *prefix)
     return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
+void us_pipe_cmd1(us_pipe_sink *s, const char *word)
+{
+    const char *argv[1] = {word};
+    size_t lens[1] = {strlen(word)};
+    us_pipe_cmd(s, 1, argv, lens);
+}
+
 int us_redis_error_is_server_wide(const char *e)
 {
     static const char *const server[] = {

@@ -22,6 +22,9 @@ typedef struct us_pipe_sink us_pipe_sink;
  * transaction, else before each command. */
 void us_pipe_cmd(us_pipe_sink *s, int argc, const char **argv, const size_t *lens);
 
+/* Appends a command of one word (MULTI, EXEC). */
+void us_pipe_cmd1(us_pipe_sink *s, const char *word);
+
 typedef struct us_pipe_op {
     size_t n; /* Items. */
     void *ctx;

@@ -325,13 +325,6 @@ static void cmd_key(us_pipe_sink *s, const char *word, const char *key, size_t k
     us_pipe_cmd(s, arg ? 3 : 2, argv, lens);
 }
 
-static void cmd1(us_pipe_sink *s, const char *word)
-{
-    const char *argv[1] = {word};
-    size_t lens[1] = {strlen(word)};
-    us_pipe_cmd(s, 1, argv, lens);
-}
-
 /* ---------------------------------------------------------------------------------------------
  * Writes.
  * ------------------------------------------------------------------------------------------ */
@@ -381,7 +374,7 @@ static void apply_append(void *arg, size_t gi, us_pipe_sink *s)
     char ttl[24], cutoff[24];
     snprintf(ttl, sizeof(ttl), "%lld", (long long)m->ttl_ms);
 
-    cmd1(s, "MULTI");
+    us_pipe_cmd1(s, "MULTI");
     if (g->trim) {
         snprintf(cutoff, sizeof(cutoff), "%lld", (long long)c->cutoff);
         const char *argv[8] = {"EVAL", TRIM_SCRIPT, "3", m->key[0], m->key[1], m->key[2],
@@ -456,7 +449,7 @@ static void apply_append(void *arg, size_t gi, us_pipe_sink *s)
         }
         us_pipe_cmd(s, n, m->argv, m->lens);
     }
-    cmd1(s, "EXEC");
+    us_pipe_cmd1(s, "EXEC");
 }
 
 static void apply_consume(void *arg, size_t gi, redisReply **replies, size_t nreplies)

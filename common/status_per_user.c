@@ -67,13 +67,6 @@ static void set_key(us_status_model *m, const char *user, size_t len)
     m->klen = (size_t)us_redis_key(m->prefix, user, len, m->key, sizeof(m->key));
 }
 
-static void cmd1(us_pipe_sink *s, const char *word)
-{
-    const char *argv[1] = {word};
-    size_t lens[1] = {strlen(word)};
-    us_pipe_cmd(s, 1, argv, lens);
-}
-
 /* ---------------------------------------------------------------------------------------------
  * Writes.
  * ------------------------------------------------------------------------------------------ */
@@ -108,7 +101,7 @@ static void apply_append(void *arg, size_t i, us_pipe_sink *s)
     size_t klen = m->klen;
     int write = u->active != US_TIME_NONE || u->online != US_TIME_NONE;
 
-    if (write) cmd1(s, "MULTI");
+    if (write) us_pipe_cmd1(s, "MULTI");
     if (u->del) {
         const char *argv[2] = {"DEL", key};
         size_t lens[2] = {3, klen};
@@ -152,7 +145,7 @@ static void apply_append(void *arg, size_t i, us_pipe_sink *s)
     const char *exp[3] = {"PEXPIRE", key, ttl};
     size_t elen[3] = {7, klen, (size_t)snprintf(ttl, sizeof(ttl), "%lld", (long long)m->expire_ms)};
     us_pipe_cmd(s, 3, exp, elen);
-    cmd1(s, "EXEC");
+    us_pipe_cmd1(s, "EXEC");
 }
 
 static void apply_refused(void *arg, size_t i, const char *error)
