@@ -134,10 +134,54 @@ def read_changes(topic, partitions, total, out):
     out.send(lat)
 
 
+WATCH_USERS_PER_STREAM = 1000  # query.max_users_per_request's default
+
+
+def read_watch(url, users, total, out):
+    """Reader process: opens watch streams on the query service for `users` (1000 per stream) and
+    sends the latencies (receipt time - since, ms) of the `change` events of those users, once
+    `total` arrived or 30 s after the last one."""
+    import queue
+    import threading
+
+    got = queue.Queue()
+
+    def stream(chunk):
+        r = requests.post(url + "/api/watch_user_status", json={"users": chunk},
+                          headers={"X-API-Key": "x"}, stream=True, timeout=120)
+        event = None
+        try:
+            for line in r.iter_lines(chunk_size=512, decode_unicode=True):
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "change":
+                    got.put(time.time() * 1000 - json.loads(line[6:])["since"])
+        except Exception:  # closed at the end of the run
+            pass
+
+    for i in range(0, len(users), WATCH_USERS_PER_STREAM):
+        threading.Thread(target=stream, args=(users[i:i + WATCH_USERS_PER_STREAM],), daemon=True).start()
+    lat = []
+    while len(lat) < total:
+        try:
+            lat.append(got.get(timeout=30))
+        except queue.Empty:
+            break
+    out.send(lat)
+
+
+def summary(lat, total):
+    lat.sort()
+    q = lambda x: round(lat[min(len(lat) - 1, int(x * len(lat)))]) if lat else None  # noqa: E731
+    return {"changes": len(lat), "expected": total, "p50_ms": q(0.5), "p99_ms": q(0.99),
+            "max_ms": round(lat[-1]) if lat else None}
+
+
 def latency(build, rate, seconds, partitions):
     """Event -> change latency: `rate` events/s for `seconds`, each of a new user (so each one is a
     transition offline -> online whose `since` is the event time); a reader process of the changes
-    topic measures read time - since."""
+    topic measures read time - since, and another one the same through the query service's watch
+    stream (its users watched before the run starts)."""
     import multiprocessing
 
     tag = uuid.uuid4().hex[:8]
@@ -148,31 +192,44 @@ def latency(build, rate, seconds, partitions):
            "kafka": {"brokers": KAFKA, "topic": topic, "dlq_topic": topic + "_dlq",
                      "consumer_group": topic + "_g", "partitions": partitions},
            "worker": {"metrics_port": port},
-           "changes": {"topic": topic + "_changes", "offline_after": "1h"}}
+           "port": free_port(), "address": "127.0.0.1",
+           "changes": {"topic": topic + "_changes", "offline_after": "1h",
+                       "watch_max_streams": 1000}}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(cfg, f)
     env = {k: v for k, v in os.environ.items() if not k.startswith("USERSTATUS_")}
     w = subprocess.Popen([os.path.join(build, "worker", "userstatus-worker"), "--config", f.name],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    qp = subprocess.Popen([os.path.join(build, "query", "userstatus-query"), "--config", f.name],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    qurl = "http://127.0.0.1:%d" % cfg["port"]
     total = int(rate * seconds)
     try:
-        url = "http://127.0.0.1:%d/health" % port
-        while True:
-            try:
-                if requests.get(url, timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
+        for url in ("http://127.0.0.1:%d/health" % port, qurl + "/health"):
+            while True:
+                try:
+                    if requests.get(url, timeout=1).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                time.sleep(0.1)
         recv, send = multiprocessing.Pipe(duplex=False)
         reader = multiprocessing.get_context("fork").Process(
             target=read_changes, args=(topic + "_changes", partitions, total, send))
         reader.start()
+        wrecv, wsend = multiprocessing.Pipe(duplex=False)
+        watcher = multiprocessing.get_context("fork").Process(
+            target=read_watch, args=(qurl, ["lat-%d" % i for i in range(total)], total, wsend))
+        watcher.start()
         p = Producer({"bootstrap.servers": KAFKA, "partitioner": "murmur2_random", "linger.ms": 5})
         # Warm-up: the first change waits for the new topic's metadata and the producer's id.
         p.produce(topic, key="warm-0", value=msgpack.packb({"type": "active", "user": "warm-0"}))
         p.flush(10)
         time.sleep(3)
+        nstreams = (total + WATCH_USERS_PER_STREAM - 1) // WATCH_USERS_PER_STREAM
+        while ("userstatus_query_watch_streams %d\n" % nstreams) not in requests.get(
+                qurl + "/metrics", timeout=5).text:
+            time.sleep(0.2)
         t0 = time.monotonic()
         for i in range(total):
             u = "lat-%d" % i
@@ -186,9 +243,13 @@ def latency(build, rate, seconds, partitions):
         p.flush(60)
         lat = recv.recv()
         reader.join(60)
+        wlat = wrecv.recv()
+        watcher.join(60)
     finally:
         w.terminate()
         w.wait(30)
+        qp.terminate()
+        qp.wait(30)
         os.unlink(f.name)
         delete_topics([topic, topic + "_dlq", topic + "_changes"])
         r = Redis()
@@ -196,10 +257,7 @@ def latency(build, rate, seconds, partitions):
         for i in range(0, len(keys), 1000):
             r("DEL", *keys[i:i + 1000])
         r.close()
-    lat.sort()
-    q = lambda x: round(lat[min(len(lat) - 1, int(x * len(lat)))]) if lat else None  # noqa: E731
-    return {"changes": len(lat), "expected": total, "p50_ms": q(0.5), "p99_ms": q(0.99),
-            "max_ms": round(lat[-1]) if lat else None}
+    return {"changes_topic": summary(lat, total), "watch_stream": summary(wlat, total)}
 
 
 def main():
@@ -211,7 +269,7 @@ def main():
     ap.add_argument("--latency-seconds", type=float, default=10)
     ap.add_argument("--latency-only", action="store_true")
     a = ap.parse_args()
-    print("event -> change latency at %d events/s: %s"
+    print("event -> change latency (changes topic, watch stream) at %d events/s: %s"
           % (a.latency_rate, json.dumps(latency(a.build, a.latency_rate, a.latency_seconds, a.partitions))))
     if a.latency_only:
         return

@@ -12,6 +12,10 @@ machine is noisy. Peers, each given the same work as our service:
     HTTP/2 connections instead of 64 connections), run right after each HTTP get load.
 
     bench/run.py [--build build] [--seconds 10] [--events 500000] [--profile docs/perf/NAME]
+                 [--storage buckets|per_user] [--memory-users 1000000]
+
+The Redis memory per user and the store-level write/read rates of both storage models are
+measured side by side by bench/memory.py (on a redis-server of its own), which this runs first.
 
 --profile records a CPU flame graph (bench/flamegraph.sh) of the query service under each wrk load
 and of the worker during its drain; throughput measured while profiling is not reported.
@@ -275,6 +279,10 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--events", type=int, default=500000)
+    ap.add_argument("--storage", choices=["buckets", "per_user"], default="buckets",
+                    help="user_status.storage of the query service and worker under test")
+    ap.add_argument("--memory-users", type=int, default=1_000_000,
+                    help="users bench/memory.py writes per storage model (0: skip it)")
     ap.add_argument("--connections", type=int, default=64, help="wrk connections (all HTTP loads)")
     ap.add_argument("--threads", type=int, default=2, help="wrk threads (all HTTP loads)")
     ap.add_argument("--profile", metavar="PREFIX",
@@ -301,6 +309,11 @@ def main():
         return p
 
     topo = None
+    memory = None
+    if args.memory_users > 0 and not args.profile:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import memory as memory_bench
+        memory = memory_bench.measure(args.build, args.memory_users, args.memory_users // 2, 2)
     try:
         rport = free_port()
         start(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
@@ -314,6 +327,8 @@ def main():
                     "sentinel": topology.Sentinel}[args.redis]()
             redis_cfg = topo.config()
         results["redis_topology"] = args.redis
+        results["storage"] = args.storage
+        redis_cfg = dict(redis_cfg, storage=args.storage, expected_users=args.events)
         peers = topo is None and not args.profile and not args.no_peers
 
         # --- generic peers ---------------------------------------------------------------
@@ -354,7 +369,7 @@ def main():
                 used = int(re.search(r"used_memory:(\d+)", info).group(1))
                 keys = int(redis_cli(rport, "DBSIZE"))
                 results["redis_keys"] = keys
-                results["redis_bytes_per_user"] = used / max(keys, 1)
+                results["redis_bytes_per_user"] = used / args.events  # Every event a new user.
             if peers:
                 # The same drain again (a new consumer group) into an empty Redis, with MONITOR
                 # capturing every write; then Redis absorbs exactly those commands pipelined.
@@ -463,6 +478,8 @@ def main():
 
     r = results
     print(json.dumps(r, indent=2))
+    if memory:
+        memory_bench.report(memory, args.memory_users)
     if topo is not None or args.profile:
         return
 
@@ -484,7 +501,7 @@ def main():
     ratio("ingest: events/s vs Redis, same commands piped", "worker_events_per_s", "redis_replay_worker_events_per_s", "-")
     ratio("ingest: events/s vs Redis HSET piped", "worker_events_per_s", "redis_hset_per_s", ">= 0.5")
     if "redis_bytes_per_user" in r:
-        print(f"  Redis bytes per user                     {r['redis_bytes_per_user']:.0f}  [<= 40]")
+        print(f"  Redis bytes per user ({args.storage})            {r['redis_bytes_per_user']:.0f}  [<= 40]")
     print(f"  worker / query peak RSS MB               {r.get('worker_peak_rss_mb', 0):.1f} / {r.get('query_peak_rss_mb', 0):.1f}  [< 30]")
 
 

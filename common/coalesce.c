@@ -9,17 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-uint64_t us_fnv1a64(const void *data, size_t len)
-{
-    const unsigned char *p = data;
-    uint64_t h = 14695981039346656037ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= p[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 int us_batch_init(us_batch *b, size_t capacity)
 {
     memset(b, 0, sizeof(*b));
@@ -102,4 +91,15 @@ int us_batch_add(us_batch *b, const us_event *ev, int64_t time_s)
         u->state_len = ev->state_len;
     }
     return 0;
+}
+
+long us_batch_find(const us_batch *b, const char *user, size_t user_len)
+{
+    size_t mask = b->nslots - 1;
+    for (size_t s = us_fnv1a64(user, user_len) & mask; b->slots[s] != 0; s = (s + 1) & mask) {
+        const us_user_update *c = &b->updates[b->slots[s] - 1];
+        if (c->user_len == user_len && memcmp(c->user, user, user_len) == 0)
+            return (long)(b->slots[s] - 1);
+    }
+    return -1;
 }

@@ -3,6 +3,7 @@
 #define US_COALESCE_H
 
 #include "event.h"
+#include "hash.h" /* us_fnv1a64, which batching hashes users with. */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -43,7 +44,7 @@ void us_batch_reset(us_batch *b);
  * Returns 0, or -1 when the batch already holds capacity users and this one is new. */
 int us_batch_add(us_batch *b, const us_event *ev, int64_t time_s);
 
-/* 64-bit FNV-1a of a byte string: the user hash for batching and for shard placement. */
-uint64_t us_fnv1a64(const void *data, size_t len);
+/* The index in b->updates of the user's update, or -1 when the batch has none. */
+long us_batch_find(const us_batch *b, const char *user, size_t user_len);
 
 #endif

@@ -30,6 +30,8 @@ typedef enum key_type {
     KEY_DUR,   /* int64_t milliseconds, within [min, max] */
     KEY_ADDR,  /* us_strlist: a string or an array of strings */
     KEY_PROPS, /* us_strlist of name/value pairs: a JSON object */
+    KEY_OBJS,  /* us_strlist of the fields of each object in turn: a JSON array of objects whose
+                * fields object_fields[] names */
 } key_type;
 
 typedef struct key_desc {
@@ -90,6 +92,9 @@ static const key_desc keys[] = {
     {"user_status.redis_wait_replicas", KEY_INT, F(user_status.redis_wait_replicas), "0", 0, 16},
     {"user_status.redis_wait_timeout", KEY_DUR, F(user_status.redis_wait_timeout_ms), "1s", 1,
      60 * 1000},
+    {"user_status.storage", KEY_STR, F(user_status.storage), "buckets", 0, 0},
+    {"user_status.expected_users", KEY_INT, F(user_status.expected_users), "10000000", 1,
+     2000000000},
     {"kafka.brokers", KEY_STR, F(kafka.brokers), "127.0.0.1:9092", 0, 0},
     {"kafka.topic", KEY_STR, F(kafka.topic), "user_status", 0, 0},
     {"kafka.dlq_topic", KEY_STR, F(kafka.dlq_topic), "user_status_dlq", 0, 0},
@@ -136,6 +141,20 @@ static const key_desc keys[] = {
     {"grpc_api.tls.enabled", KEY_BOOL, F(grpc_api.tls.enabled), "false", 0, 0},
     {"grpc_api.tls.cert_pem", KEY_STR, F(grpc_api.tls.cert_pem), "", 0, 0},
     {"grpc_api.tls.key_pem", KEY_STR, F(grpc_api.tls.key_pem), "", 0, 0},
+    {"changes.webhooks", KEY_OBJS, F(changes.webhooks), NULL, 0, 0},
+    {"changes.centrifugo.api_url", KEY_STR, F(changes.centrifugo_api_url), "", 0, 0},
+    {"changes.centrifugo.api_key", KEY_STR, F(changes.centrifugo_api_key), "", 0, 0},
+    {"changes.centrifugo.channel_prefix", KEY_STR, F(changes.centrifugo_channel_prefix), "status:",
+     0, 0},
+    {"changes.centrifugo.consumer_group", KEY_STR, F(changes.centrifugo_consumer_group), "", 0, 0},
+    {"changes.notify_consumer_group", KEY_STR, F(changes.notify_consumer_group),
+     "userstatus-notify", 0, 0},
+    {"changes.notify_timeout", KEY_DUR, F(changes.notify_timeout_ms), "10s", 100, 600 * 1000},
+    {"changes.notify_retry_max", KEY_DUR, F(changes.notify_retry_max_ms), "30s", 100, 3600 * 1000},
+    {"changes.notify_batch_size", KEY_INT, F(changes.notify_batch_size), "100", 1, 10000},
+    {"changes.notify_metrics_address", KEY_STR, F(changes.notify_metrics_address), "127.0.0.1", 0,
+     0},
+    {"changes.notify_metrics_port", KEY_INT, F(changes.notify_metrics_port), "9200", 0, 65535},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -174,6 +193,21 @@ static const key_alias aliases[] = {
     {"user_status.redis.reuse_from_engine", "user_status.use_redis_from_engine"},
 };
 #define NALIASES (sizeof(aliases) / sizeof(aliases[0]))
+
+/* The fields of the objects of each KEY_OBJS key, in the order us_config keeps them: every object
+ * of the array becomes nfields strings of the key's us_strlist, "" for an optional field not
+ * given. The first nrequired fields must be non-empty strings; unknown fields are refused. */
+#define OBJECT_FIELDS_MAX 4
+typedef struct object_fields {
+    const char *path;
+    const char *names[OBJECT_FIELDS_MAX];
+    size_t nfields;
+    size_t nrequired;
+} object_fields;
+
+static const object_fields objects[] = {
+    {"changes.webhooks", {"url", "secret", "consumer_group"}, US_WEBHOOK_FIELDS, 2},
+};
 
 /* User status's Redis connection settings, each with the engine's setting that
  * use_redis_from_engine puts in its place. (The key prefix is not among them: user status keeps
@@ -359,6 +393,54 @@ static int set_props_json(us_config *cfg, const key_desc *k, json_t *obj, char *
     return 0;
 }
 
+/* The fields of KEY_OBJS key k (found by its slot: k may carry another spelling), or NULL. */
+static const object_fields *object_fields_of(const key_desc *k)
+{
+    for (size_t i = 0; i < sizeof(objects) / sizeof(objects[0]); i++)
+        if (find_key(objects[i].path)->offset == k->offset) return &objects[i];
+    return NULL;
+}
+
+/* Parses a KEY_OBJS value, a JSON array of objects, into the fields of each object in turn.
+ * Errors name the element and the field: "changes.webhooks[1].url". */
+static int set_objs_json(us_config *cfg, const key_desc *k, json_t *arr, char *err, size_t errlen)
+{
+    us_strlist *l = (us_strlist *)((char *)cfg + k->offset);
+    const object_fields *of = object_fields_of(k);
+    if (!of) return fail(err, errlen, "config key '%s': no fields described", k->path);
+    if (!json_is_array(arr))
+        return fail(err, errlen, "config key '%s': must be an array of objects", k->path);
+    strlist_clear(l);
+    size_t i;
+    json_t *obj;
+    json_array_foreach(arr, i, obj)
+    {
+        if (!json_is_object(obj))
+            return fail(err, errlen, "config key '%s[%zu]': must be an object", k->path, i);
+        const char *name;
+        json_t *v;
+        json_object_foreach(obj, name, v)
+        {
+            size_t f = 0;
+            while (f < of->nfields && strcmp(of->names[f], name) != 0) f++;
+            if (f == of->nfields)
+                return fail(err, errlen, "unknown config key '%s[%zu].%s'", k->path, i, name);
+            if (!json_is_string(v))
+                return fail(err, errlen, "config key '%s[%zu].%s': must be a string", k->path, i,
+                            name);
+        }
+        for (size_t f = 0; f < of->nfields; f++) {
+            json_t *given = json_object_get(obj, of->names[f]);
+            const char *text = given ? json_string_value(given) : "";
+            if (f < of->nrequired && text[0] == '\0')
+                return fail(err, errlen, "config key '%s[%zu].%s': required, a non-empty string",
+                            k->path, i, of->names[f]);
+            strlist_push(l, text, strlen(text));
+        }
+    }
+    return 0;
+}
+
 static int set_from_text(us_config *cfg, const key_desc *k, const char *text, char *err,
                          size_t errlen)
 {
@@ -412,6 +494,15 @@ static int set_from_text(us_config *cfg, const key_desc *k, const char *text, ch
             return fail(err, errlen, "config key '%s': not a JSON object: %s", k->path, jerr.text);
         int rc = set_props_json(cfg, k, obj, err, errlen);
         json_decref(obj);
+        return rc;
+    }
+    case KEY_OBJS: {
+        json_error_t jerr;
+        json_t *arr = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
+        if (!arr)
+            return fail(err, errlen, "config key '%s': not a JSON array: %s", k->path, jerr.text);
+        int rc = set_objs_json(cfg, k, arr, err, errlen);
+        json_decref(arr);
         return rc;
     }
     }
@@ -468,6 +559,8 @@ static int set_from_json(us_config *cfg, const key_desc *k, json_t *v, char *err
     }
     case KEY_PROPS:
         return set_props_json(cfg, k, v, err, errlen);
+    case KEY_OBJS:
+        return set_objs_json(cfg, k, v, err, errlen);
     }
     return fail(err, errlen, "config key '%s': unhandled type", k->path);
 }
@@ -625,7 +718,8 @@ static void copy_value(us_config *cfg, const key_desc *dst, const key_desc *src)
         *(int64_t *)d = *(int64_t *)s;
         break;
     case KEY_ADDR:
-    case KEY_PROPS: {
+    case KEY_PROPS:
+    case KEY_OBJS: {
         us_strlist *dl = d;
         const us_strlist *sl = s;
         strlist_clear(dl);
@@ -716,6 +810,31 @@ static int apply_engine_redis(us_config *cfg, load_state *st, char *err, size_t 
     return 0;
 }
 
+static bool is_http_url(const char *s)
+{
+    return strncmp(s, "http://", 7) == 0 || strncmp(s, "https://", 8) == 0;
+}
+
+/* The destinations of userstatus-notify: http(s) URLs, and names for their consumer groups. */
+static int check_notify(const us_config *cfg, char *err, size_t errlen)
+{
+    const us_strlist *w = &cfg->changes.webhooks;
+    for (size_t i = 0; i < w->count; i += US_WEBHOOK_FIELDS)
+        if (!is_http_url(w->items[i + US_WEBHOOK_URL]))
+            return fail(err, errlen,
+                        "config key 'changes.webhooks[%zu].url': '%s' is not an http:// or "
+                        "https:// URL",
+                        i / US_WEBHOOK_FIELDS, w->items[i + US_WEBHOOK_URL]);
+    if (cfg->changes.centrifugo_api_url[0] && !is_http_url(cfg->changes.centrifugo_api_url))
+        return fail(err, errlen,
+                    "config key 'changes.centrifugo.api_url': '%s' is not an http:// or https:// "
+                    "URL",
+                    cfg->changes.centrifugo_api_url);
+    if (cfg->changes.notify_consumer_group[0] == '\0')
+        return fail(err, errlen, "config key 'changes.notify_consumer_group': must not be empty");
+    return 0;
+}
+
 int us_config_load(us_config *cfg, const char *path, char **envp,
                    const us_config_override *overrides, size_t noverrides, char *err,
                    size_t errlen)
@@ -765,6 +884,9 @@ int us_config_load(us_config *cfg, const char *path, char **envp,
                     "config keys 'kafka.brokers', 'kafka.topic', 'kafka.dlq_topic' and "
                     "'kafka.consumer_group' must not be empty");
     if (check_redis_group(cfg, &st, "user_status.", err, errlen) != 0) return -1;
+    if (strcmp(cfg->user_status.storage, "buckets") && strcmp(cfg->user_status.storage, "per_user"))
+        return fail(err, errlen, "config key 'user_status.storage': '%s' is not buckets or per_user",
+                    cfg->user_status.storage);
     if (strcmp(cfg->kafka.topic, cfg->kafka.dlq_topic) == 0)
         return fail(err, errlen, "config key 'kafka.dlq_topic': must differ from 'kafka.topic'");
     if (cfg->query.metrics_port == cfg->port)
@@ -790,6 +912,7 @@ int us_config_load(us_config *cfg, const char *path, char **envp,
         return fail(err, errlen,
                     "config keys 'grpc_api.tls.cert_pem' and 'grpc_api.tls.key_pem': both required "
                     "with 'grpc_api.tls.enabled'");
+    if (check_notify(cfg, err, errlen) != 0) return -1;
     return 0;
 }
 
@@ -807,7 +930,8 @@ void us_config_free(us_config *cfg)
         if (keys[i].type == KEY_STR) {
             free(*(char **)slot);
             *(char **)slot = NULL;
-        } else if (keys[i].type == KEY_ADDR || keys[i].type == KEY_PROPS) {
+        } else if (keys[i].type == KEY_ADDR || keys[i].type == KEY_PROPS ||
+                   keys[i].type == KEY_OBJS) {
             strlist_clear(slot);
         }
     }

@@ -53,6 +53,8 @@ typedef struct us_config {
         int redis_db;                  /* Database for addresses that name none. */
         int redis_wait_replicas;       /* Writes count as done once this many replicas have them. */
         int64_t redis_wait_timeout_ms;
+        char *storage;          /* Status model: "buckets" or "per_user" (status_model.h). */
+        int expected_users;     /* Sizes the bucket model: buckets of ~100 users at this count. */
     } user_status;
 
     struct {
@@ -104,6 +106,20 @@ typedef struct us_config {
         int64_t offline_after_ms;  /* Offline after this long without any event. */
         int64_t away_after_ms;     /* Away after this long without an `active` event. */
         int watch_max_streams;     /* Open watch streams per query process. */
+        /* userstatus-notify (notify/): webhooks and Centrifugo channels. */
+        us_strlist webhooks;       /* url, secret, consumer_group of each webhook in turn
+                                    * (US_WEBHOOK_FIELDS items each; consumer_group "" when not
+                                    * given). */
+        char *centrifugo_api_url;  /* "" : no Centrifugo publishing. */
+        char *centrifugo_api_key;
+        char *centrifugo_channel_prefix;
+        char *centrifugo_consumer_group; /* "": <notify_consumer_group>-centrifugo. */
+        char *notify_consumer_group;     /* Prefix of the destinations' consumer groups. */
+        int64_t notify_timeout_ms;       /* Longest HTTP request to a destination. */
+        int64_t notify_retry_max_ms;     /* Cap of the exponential backoff between retries. */
+        int notify_batch_size;           /* Most changes in one webhook POST or Centrifugo batch. */
+        char *notify_metrics_address;
+        int notify_metrics_port;         /* 0: no /metrics and /health. */
     } changes;
 
     /* The gRPC server API of userstatus-query (Centrifugo v6's grpc_api section). */
@@ -128,6 +144,12 @@ typedef struct us_config_override {
     const char *path;
     const char *value;
 } us_config_override;
+
+/* Items of changes.webhooks per webhook, and the index of each field among them. */
+#define US_WEBHOOK_FIELDS 3
+#define US_WEBHOOK_URL 0
+#define US_WEBHOOK_SECRET 1
+#define US_WEBHOOK_GROUP 2
 
 #define US_USER_ID_MAX 256 /* Bytes; the event schema's limit. */
 #define US_STATE_MAX 64    /* Bytes. */

@@ -4,8 +4,9 @@
 #   cd build && cpack -G DEB                 -> userstatus_<version>_<arch>.deb
 #
 # Layout (GNUInstallDirs, relative to the prefix unless said otherwise):
-#   bin/userstatus-query, bin/userstatus-worker
-#   lib/systemd/system/userstatus-query.service, userstatus-worker@.service   (USERSTATUS_SYSTEMD_UNIT_DIR)
+#   bin/userstatus-query, bin/userstatus-worker, bin/userstatus-notify
+#   lib/systemd/system/userstatus-query.service, userstatus-worker@.service,
+#                      userstatus-notify.service                          (USERSTATUS_SYSTEMD_UNIT_DIR)
 #   <sysconfdir>/userstatus/config.json     default configuration; /etc/userstatus with prefix /usr
 #   share/doc/userstatus/                   README, events schema, choices, OpenAPI, examples/*.json
 #   share/userstatus/deploy/                Grafana dashboard, Prometheus config and alert rules
@@ -27,9 +28,9 @@ set(US_CONFIG_FILE "${CMAKE_INSTALL_FULL_SYSCONFDIR}/userstatus/config.json")
 set(US_BIN_DIR "${CMAKE_INSTALL_FULL_BINDIR}")
 set(US_DOC_DIR "${CMAKE_INSTALL_FULL_DOCDIR}")
 
-install(TARGETS userstatus-query userstatus-worker RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(TARGETS userstatus-query userstatus-worker userstatus-notify RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 
-foreach(unit userstatus-query.service userstatus-worker@.service)
+foreach(unit userstatus-query.service userstatus-worker@.service userstatus-notify.service)
   configure_file(${PROJECT_SOURCE_DIR}/packaging/systemd/${unit}.in
                  ${PROJECT_BINARY_DIR}/packaging/systemd/${unit} @ONLY)
   install(FILES ${PROJECT_BINARY_DIR}/packaging/systemd/${unit} DESTINATION ${USERSTATUS_SYSTEMD_UNIT_DIR})
@@ -40,7 +41,7 @@ endforeach()
 install(FILES ${PROJECT_SOURCE_DIR}/packaging/config.json DESTINATION ${US_CONFIG_DEST}
         PERMISSIONS OWNER_READ OWNER_WRITE)
 
-install(FILES README.md schemas/events.md schemas/openapi.yaml docs/choices.md docs/metrics.md docs/install.md
+install(FILES README.md schemas/events.md schemas/changes.md schemas/openapi.yaml docs/choices.md docs/metrics.md docs/install.md
         DESTINATION ${CMAKE_INSTALL_DOCDIR})
 install(DIRECTORY schemas/examples/ DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples FILES_MATCHING PATTERN "*.json")
 install(DIRECTORY deploy/ DESTINATION ${CMAKE_INSTALL_DATADIR}/userstatus/deploy)
@@ -52,7 +53,8 @@ set(CPACK_PACKAGE_CONTACT "userstatus maintainers <userstatus@localhost>")
 set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "User status service (last active / last online) over Kafka and Redis")
 set(CPACK_PACKAGE_DESCRIPTION
     "userstatus-worker consumes user status events from Kafka into Redis; userstatus-query serves a\
- Centrifugo-compatible HTTP API over them. Includes hardened systemd units.")
+ Centrifugo-compatible HTTP API over them; userstatus-notify delivers status changes to webhooks and\
+ Centrifugo channels. Includes hardened systemd units.")
 set(CPACK_PACKAGING_INSTALL_PREFIX "${CMAKE_INSTALL_PREFIX}")
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SECTION "net")

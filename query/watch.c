@@ -7,8 +7,9 @@
  * when nothing is, it suspends the connection and returns 0, as libmicrohttpd requires for data
  * that arrives later. Whoever appends to a suspended stream's buffer (the initial read's completion,
  * the consumer thread, the keep-alive tick, shutdown) resumes it. A stream whose buffer would exceed
- * WATCH_BUFFER_MAX -- a client reading slower than its users change -- is ended with an error (the
- * connection is closed); the client reconnects and gets the current statuses again.
+ * WATCH_BUFFER_MAX beyond its initial statuses -- a client reading slower than its users change --
+ * is ended with an error (the connection is closed); the client reconnects and gets the current
+ * statuses again.
  *
  * Changes
  * -------
@@ -69,6 +70,7 @@ struct stream {
     int closing;   /* End the response once the buffer is drained. */
     int cut;       /* Overflowed: end it with an error. */
     int started;   /* The initial statuses are in the buffer. */
+    size_t initial_len; /* Their size: the buffer may hold them plus WATCH_BUFFER_MAX. */
     char *user_mem;
     us_user_ref *users;
     size_t nusers;
@@ -117,7 +119,8 @@ static void stream_append(stream *s, const char *text, size_t n, int front)
     pthread_mutex_lock(&s->mu);
     if (!s->cut && !s->closing) {
         size_t have = s->len - s->off;
-        if (have + n > WATCH_BUFFER_MAX) {
+        if (front) s->initial_len = n; /* However many users are watched, they are sent. */
+        if (!front && have + n > WATCH_BUFFER_MAX + s->initial_len) {
             s->cut = 1;
             us_metric_add(s->w->m_cut, 1);
         } else {

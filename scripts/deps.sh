@@ -12,10 +12,12 @@ PACKAGES=(build-essential cmake pkg-config librdkafka-dev libhiredis-dev libmsgp
           libmicrohttpd-dev libjansson-dev libcmocka-dev redis-server redis-tools clang
           libclang-rt-14-dev curl python3-venv wrk webdis
           libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
-          kcat prometheus chromium chromium-driver)
+          kcat prometheus chromium chromium-driver libcurl4-openssl-dev libssl-dev)
 # kcat: the one-liner of examples/producers/README.md (tested); prometheus: promtool checks the alert
 # rules of deploy/prometheus/ (ctest) and scripts/stack.sh up --monitoring runs it; chromium and
-# chromium-driver: the headless browser that tests/e2e/test_status_page.py drives with Selenium.
+# chromium-driver: the headless browser that tests/e2e/test_status_page.py drives with Selenium;
+# libcurl4-openssl-dev, libssl-dev: the HTTP client and the webhook signatures (HMAC-SHA256) of
+# userstatus-notify.
 # Java and Maven run the test Kafka broker and build the Java producer example (javac: a JDK);
 # any existing install will do.
 command -v java >/dev/null && command -v javac >/dev/null || PACKAGES+=(default-jdk-headless)

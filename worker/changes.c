@@ -41,7 +41,7 @@
 #include "kafka.h"
 #include "log.h"
 #include "metrics.h"
-#include "redis_cluster.h"
+#include "redis_topology.h"
 
 #include <hiredis/hiredis.h>
 #include <stdatomic.h>

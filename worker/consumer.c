@@ -38,7 +38,10 @@
  *
  * Dead-letter delivery reports are asynchronous and may outlive their batch (rewound, or dropped
  * with its partitions): each carries the batch generation (common/acks.h), and a report of an
- * earlier batch is ignored, never credited to the entry of the current batch in the same slot. */
+ * earlier batch is ignored, never credited to the entry of the current batch in the same slot.
+ *
+ * Only a write Redis refuses because of its own key (WRONGTYPE: something else wrote it) is not
+ * retried: that user's messages are dead-lettered with reason redis_error, and the batch goes on. */
 #include "worker.h"
 
 #include "acks.h"
@@ -86,8 +89,8 @@
 /* A message of the batch that goes to the dead-letter topic. Entry i's delivery state is entry
  * i of worker.dlq_acks. */
 typedef struct dlq_entry {
-    size_t msg; /* Index into worker.msgs. */
-    us_event_error error;
+    size_t msg;         /* Index into worker.msgs. */
+    const char *reason; /* Header userstatus-error: us_event_error_name(), or "redis_error". */
     char detail[DETAIL_MAX];
 } dlq_entry;
 
@@ -111,6 +114,7 @@ typedef struct worker {
      * its batch was dropped (rewound, partitions lost) is ignored, never credited to the entry
      * that reuses the slot. Reports run on this thread (rd_kafka_poll/flush of w->dlq). */
     us_acks dlq_acks;
+    uint8_t *refused; /* Per user of the batch: Redis refused its writes (us_redis_apply). */
 
     int assigned_once;       /* The group has completed a rebalance with us in it. */
     int64_t write_budget_ms; /* Longest time a batch is retried before it is rewound. */
@@ -123,8 +127,17 @@ typedef struct worker {
     us_metric *m_applied, *m_dead, *m_batches, *m_users, *m_redis_errors, *m_dlq_errors,
         *m_rebalances, *m_partitions, *m_kafka_errors, *m_last_batch_ms, *m_rewinds, *m_event_age,
         *m_lag;
-    us_metric *m_dlq_reason[US_EVENT_ERR_COUNT]; /* Dead-lettered events by reason. */
+    /* Dead-lettered events by reason: the decoder's codes, then redis_error (DLQ_REDIS_ERROR). */
+    us_metric *m_dlq_reason[US_EVENT_ERR_COUNT + 1];
 } worker;
+
+#define DLQ_REDIS_ERROR US_EVENT_ERR_COUNT /* Index of reason "redis_error" in m_dlq_reason. */
+
+/* The DLQ reason of index e of m_dlq_reason. */
+static const char *dlq_reason_name(int e)
+{
+    return e == DLQ_REDIS_ERROR ? "redis_error" : us_event_error_name((us_event_error)e);
+}
 
 /* Upper bounds of the event-age buckets: from "live" to "a consumer hours behind". Seconds. */
 static const double EVENT_AGE_BOUNDS[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,   2.5,
@@ -189,7 +202,7 @@ static int dlq_produce(worker *w, size_t i)
     char partition[16], offset[24];
     snprintf(partition, sizeof(partition), "%d", (int)m->partition);
     snprintf(offset, sizeof(offset), "%lld", (long long)m->offset);
-    rd_kafka_header_add(hdrs, "userstatus-error", -1, us_event_error_name(e->error), -1);
+    rd_kafka_header_add(hdrs, "userstatus-error", -1, e->reason, -1);
     rd_kafka_header_add(hdrs, "userstatus-error-detail", -1, e->detail, -1);
     rd_kafka_header_add(hdrs, "userstatus-original-topic", -1, rd_kafka_topic_name(m->rkt), -1);
     rd_kafka_header_add(hdrs, "userstatus-original-partition", -1, partition, -1);
@@ -230,15 +243,44 @@ static settle_result dlq_settle(worker *w, int64_t deadline)
     }
 }
 
-/* Writes the batch to Redis, retrying until success or deadline (monotonic ms). */
+/* Dead-letters every message of the users whose writes Redis refused (reason "redis_error"): one
+ * bad key must not hold the partition. Messages already dead-lettered as malformed are skipped. */
+static void dead_letter_refused(worker *w, int nrefused, const char *why)
+{
+    size_t before = w->ndlq;
+    for (size_t i = 0; i < w->nmsgs; i++) {
+        const rd_kafka_message_t *m = w->msgs[i];
+        us_event ev;
+        char detail[DETAIL_MAX];
+        if (us_event_decode(&w->decoder, m->payload, m->len, m->key, m->key_len, &ev, detail,
+                            sizeof(detail)) != US_EVENT_OK)
+            continue;
+        long u = us_batch_find(&w->batch, ev.user, ev.user_len);
+        if (u < 0 || !w->refused[u]) continue;
+        size_t k = us_acks_add(&w->dlq_acks);
+        dlq_entry *e = &w->dlq_entries[w->ndlq++];
+        e->msg = i;
+        e->reason = dlq_reason_name(DLQ_REDIS_ERROR);
+        snprintf(e->detail, sizeof(e->detail), "%.*s", DETAIL_MAX - 1, why);
+        dlq_produce(w, k);
+    }
+    us_warn("redis refused the writes of %d user(s): %s; dead-lettered their %zu message(s)",
+            nrefused, why, w->ndlq - before);
+}
+
+/* Writes the batch to Redis, retrying until success or deadline (monotonic ms). Users whose
+ * writes Redis refuses are dead-lettered instead (their acknowledgements are then settled like
+ * the others'). */
 static settle_result redis_settle(worker *w, int64_t deadline)
 {
     int64_t delay = RETRY_BACKOFF_MIN_MS;
     char err[256];
+    int nrefused;
     for (;;) {
         if (!may_write(w, deadline, "redis write")) return SETTLE_GAVE_UP;
-        if (us_redis_apply(w->redis, w->batch.updates, w->batch.count, err, sizeof(err)) == 0)
-            break;
+        nrefused = us_redis_apply(w->redis, w->batch.updates, w->batch.count, w->refused, err,
+                                  sizeof(err));
+        if (nrefused >= 0) break;
         us_metric_add(w->m_redis_errors, 1);
         pthread_mutex_lock(&w->redis_error_lock);
         snprintf(w->redis_error, sizeof(w->redis_error), "%s", err);
@@ -252,6 +294,7 @@ static settle_result redis_settle(worker *w, int64_t deadline)
     }
     if (!atomic_load(&w->redis_healthy)) us_info("redis writes succeed again");
     atomic_store(&w->redis_healthy, 1);
+    if (nrefused > 0) dead_letter_refused(w, nrefused, err);
     return SETTLED;
 }
 
@@ -369,6 +412,7 @@ static int batch_finish(worker *w, const rd_kafka_topic_partition_list_t *revoki
     int64_t started = us_monotonic_ms(), deadline = started + w->write_budget_ms;
     settle_result r = dlq_settle(w, deadline);
     if (r == SETTLED) r = redis_settle(w, deadline);
+    if (r == SETTLED) r = dlq_settle(w, deadline); /* Users whose writes Redis refused. */
     /* The batch's status changes: produced and acknowledged, and the deadline index written,
      * before its offsets are stored (the engine retries until it succeeds or shutdown). */
     if (r == SETTLED && us_changes_settle(w->changes, w->redis) != 0) r = SETTLE_STOPPED;
@@ -388,7 +432,11 @@ static int batch_finish(worker *w, const rd_kafka_topic_partition_list_t *revoki
     for (size_t i = 0; i < w->nevents; i++)
         us_metric_observe(w->m_event_age, (double)(now - w->event_ms[i]) / 1000.0);
     for (size_t i = 0; i < w->ndlq; i++)
-        us_metric_add(w->m_dlq_reason[w->dlq_entries[i].error], 1);
+        for (int e = US_EVENT_OK + 1; e <= DLQ_REDIS_ERROR; e++)
+            if (strcmp(w->dlq_entries[i].reason, dlq_reason_name(e)) == 0) {
+                us_metric_add(w->m_dlq_reason[e], 1);
+                break;
+            }
     us_metric_add(w->m_applied, w->nmsgs - w->ndlq);
     us_metric_add(w->m_dead, w->ndlq);
     us_metric_add(w->m_users, w->batch.count);
@@ -428,7 +476,7 @@ static void batch_take(worker *w, rd_kafka_message_t *m)
     size_t i = us_acks_add(&w->dlq_acks);
     dlq_entry *e = &w->dlq_entries[w->ndlq++];
     e->msg = idx;
-    e->error = err;
+    e->reason = us_event_error_name(err);
     snprintf(e->detail, sizeof(e->detail), "%s", detail);
     us_warn("dead-lettering %s[%d]@%lld: %s: %s", rd_kafka_topic_name(m->rkt), (int)m->partition,
             (long long)m->offset, us_event_error_name(err), detail);
@@ -614,10 +662,10 @@ static void register_metrics(worker *w)
         "Freshness of statuses: now minus the event's time when its Redis write was acknowledged.",
         EVENT_AGE_BOUNDS, sizeof(EVENT_AGE_BOUNDS) / sizeof(EVENT_AGE_BOUNDS[0]));
     /* The registry keeps names, so they live in static storage. */
-    static char dlq_names[US_EVENT_ERR_COUNT][96];
-    for (int e = US_EVENT_OK + 1; e < US_EVENT_ERR_COUNT; e++) {
+    static char dlq_names[DLQ_REDIS_ERROR + 1][96];
+    for (int e = US_EVENT_OK + 1; e <= DLQ_REDIS_ERROR; e++) {
         snprintf(dlq_names[e], sizeof(dlq_names[e]), "userstatus_worker_dlq_total{reason=\"%s\"}",
-                 us_event_error_name((us_event_error)e));
+                 dlq_reason_name(e));
         w->m_dlq_reason[e] = us_metric_counter(dlq_names[e],
                                                "Events dead-lettered (produced to the dead-letter "
                                                "topic and acknowledged), by reason.");
@@ -755,8 +803,9 @@ int us_worker_run(const us_config *cfg, int metrics_port, volatile sig_atomic_t 
     w.msgs = calloc(cap, sizeof(*w.msgs));
     w.event_ms = calloc(cap, sizeof(*w.event_ms));
     w.dlq_entries = calloc(cap, sizeof(*w.dlq_entries));
-    if (!w.msgs || !w.event_ms || !w.dlq_entries || us_acks_init(&w.dlq_acks, cap) != 0 ||
-        us_batch_init(&w.batch, cap) != 0) {
+    w.refused = calloc(cap, 1);
+    if (!w.msgs || !w.event_ms || !w.dlq_entries || !w.refused ||
+        us_acks_init(&w.dlq_acks, cap) != 0 || us_batch_init(&w.batch, cap) != 0) {
         us_error("out of memory for a batch of %zu messages", cap);
         goto out;
     }
@@ -831,6 +880,7 @@ out:
     free(w.dlq_entries);
     us_acks_free(&w.dlq_acks);
     pthread_mutex_destroy(&w.redis_error_lock);
+    free(w.refused);
     us_metrics_free_all();
     return rc;
 }

@@ -95,6 +95,48 @@ def deep_merge(base, over):
 
 
 # --------------------------------------------------------------------------------------------------
+# user placement, as common/hash.c and common/status_buckets.c compute it
+
+MASK64 = 0xFFFFFFFFFFFFFFFF
+EXPECTED_USERS = 10_000_000  # default of user_status.expected_users
+BUCKET_TARGET_MEMBERS = 50
+
+
+def fnv1a64(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for b in data:
+        h ^= b
+        h = (h * 0x100000001B3) & MASK64
+    return h
+
+
+def jump_hash(key: int, buckets: int) -> int:
+    b, j = -1, 0
+    while j < buckets:
+        b = j
+        key = (key * 2862933555777941757 + 1) & MASK64
+        j = int((b + 1) * (float(1 << 31) / float((key >> 33) + 1)))
+    return b
+
+
+def mix64(x: int) -> int:
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & MASK64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+def bucket_count(expected_users=EXPECTED_USERS, nshards=1):
+    per = nshards * BUCKET_TARGET_MEMBERS
+    return max(1, (expected_users + per - 1) // per)
+
+
+def bucket_of(user: str, nbuckets: int) -> int:
+    return 0 if nbuckets <= 1 else jump_hash(mix64(fnv1a64(user.encode())), nbuckets)
+
+
+# --------------------------------------------------------------------------------------------------
 # a tiny RESP2 client (no redis package needed)
 
 
@@ -394,7 +436,7 @@ class Namespace:
                 "enabled": True,
                 "redis_address": REDIS,
                 "redis_prefix": self.prefix,
-                "expire_interval": "1h",
+                "expire_interval": "24h",
             },
             "kafka": {
                 "brokers": KAFKA,
@@ -458,7 +500,13 @@ class Namespace:
 
     # ---- Redis
     def key(self, user):
+        """The per-user model's key of user (user_status.storage "per_user")."""
         return "%s:%s" % (self.prefix, user)
+
+    def bucket_keys(self, user, expected_users=EXPECTED_USERS, nshards=1):
+        """The bucket model's keys holding user: {"a": active zset, "o": online zset, "s": states}."""
+        b = bucket_of(user, bucket_count(expected_users, nshards))
+        return {k: "%s:{%d}:%s" % (self.prefix, b, k) for k in "aos"}
 
     def close(self):
         errors = []

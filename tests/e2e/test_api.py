@@ -286,16 +286,20 @@ def test_concurrent_gets_each_get_their_own_users(ns, query, redis):
     """Reads of concurrent requests share pipelined Redis round trips; no answer may mix them up."""
     import threading
     users = ["cg%d" % i for i in range(300)]
-    for i, u in enumerate(users):
-        redis("ZADD", ns.key(u), 1_000_000 + i, "a", 2_000_000 + i, "o")
-        redis("PEXPIRE", ns.key(u), 600_000)
+    base = now_ms() // 1000 - 1000  # within the expire interval: bucket reads hide older times
+    for i, u in enumerate(users):  # written as the worker would (default storage: buckets)
+        keys = ns.bucket_keys(u)
+        redis("ZADD", keys["a"], base + i, u)
+        redis("ZADD", keys["o"], base + 500 + i, u)
+        redis("PEXPIRE", keys["a"], 600_000)
+        redis("PEXPIRE", keys["o"], 600_000)
     failures = []
 
     def client(seed):
         picked = [users[(seed * 37 + k * 11) % len(users)] for k in range(1 + seed % 40)]
         for _ in range(30):
             got = call(query.url, "get_user_status", {"users": picked + ["nobody"]})
-            want = [{"user": u, "active": 1_000_000 + users.index(u), "online": 2_000_000 + users.index(u)}
+            want = [{"user": u, "active": base + users.index(u), "online": base + 500 + users.index(u)}
                      for u in picked] + [{"user": "nobody"}]
             if got != {"result": {"statuses": want}}:
                 failures.append((seed, got))

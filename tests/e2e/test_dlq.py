@@ -1,7 +1,9 @@
 """Poison messages go to the dead-letter topic and never block their partition."""
 import msgpack
+import pytest
+import requests
 
-from conftest import now_ms, status, wait_until
+from conftest import bucket_count, bucket_of, now_ms, status, statuses, wait_until
 
 
 def pack(obj):
@@ -80,3 +82,45 @@ def test_each_dlq_reason_code(ns, stack):
     # an empty value may come back as null: compare as bytes
     got = sorted((m["key"].decode(), m["value"] or b"", m["headers"].get("userstatus-error")) for m in msgs)
     assert got == sorted((k, v, r) for k, v, r in cases)
+
+
+@pytest.mark.parametrize("storage", ["buckets", "per_user"])
+def test_key_of_the_wrong_type_dead_letters_its_users_and_the_batch_goes_on(ns, redis, storage):
+    """Something else wrote a string where a user's status lives: that user's events go to the DLQ
+    with reason redis_error, every other user of the same batches is written, nothing is retried
+    forever."""
+    cfg = ns.config(user_status={"storage": storage, "expected_users": 1000})
+    bad = "wt-bad"
+    bad_key = ns.key(bad) if storage == "per_user" else ns.bucket_keys(bad, expected_users=1000)["a"]
+    redis("SET", bad_key, "not a status")
+    bad_bucket = bucket_of(bad, bucket_count(1000))
+    good = [u for u in ("wt-%d" % i for i in range(40)) if bucket_of(u, bucket_count(1000)) != bad_bucket]
+    t = now_ms() - 5_000
+    ns.producer.event("active", bad, t)
+    for u in good:
+        ns.producer.event("active", u, t)
+    ns.producer.event("online", bad, t, state="x")
+    ns.producer.flush()
+    w = ns.start_worker(cfg)
+    q = ns.start_query(cfg)
+
+    wait_until(lambda: all(s == {"user": s["user"], "active": t // 1000} for s in statuses(q.url, good)),
+               what="the other users written")
+    msgs = ns.dlq_messages(2)
+    assert len(msgs) == 2, msgs
+    for m in msgs:
+        assert m["key"] == bad.encode()
+        assert m["headers"]["userstatus-error"] == "redis_error", m["headers"]
+        assert "WRONGTYPE" in m["headers"]["userstatus-error-detail"], m["headers"]
+        assert m["headers"]["userstatus-original-topic"] == ns.topic
+    assert redis("GET", bad_key) == b"not a status"  # left alone
+    # The partition moves on: later events of other users, and of the bad user once fixed, apply.
+    redis("DEL", bad_key)
+    t2 = now_ms() - 1_000
+    ns.producer.event("active", bad, t2)
+    ns.producer.flush()
+    # (The bucket's other keys were fine, so the refused transaction may have written the online
+    # time and state: max-merge makes a later replay of the dead letters give the same result.)
+    wait_until(lambda: status(q.url, bad).get("active") == t2 // 1000, what="bad user fixed")
+    text = requests.get(w.metrics_url + "/metrics", timeout=5).text
+    assert 'userstatus_worker_events_total{result="dead_lettered"} 2' in text

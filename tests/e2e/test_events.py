@@ -135,11 +135,13 @@ def test_delete_event_removes_user(ns, stack, redis):
     ns.producer.event("delete", "e10")
     ns.producer.flush()
     applied(q, "e10", {"user": "e10"})
+    keys = ns.bucket_keys("e10")
+    assert redis("ZSCORE", keys["a"], "e10") is None
     assert redis("EXISTS", ns.key("e10")) == 0
 
 
-def test_redis_key_is_sorted_set_with_ttl(ns, redis):
-    cfg = ns.config(user_status={"expire_interval": "1h"})
+def test_per_user_model_keeps_a_sorted_set_with_ttl(ns, redis):
+    cfg = ns.config(user_status={"expire_interval": "1h", "storage": "per_user"})
     ns.start_worker(cfg)
     q = ns.start_query(cfg)
     ta = now_ms() - 30_000
@@ -156,6 +158,32 @@ def test_redis_key_is_sorted_set_with_ttl(ns, redis):
     ttl = redis("TTL", key)
     assert 0 < ttl <= 3600, ttl
     assert redis("KEYS", ns.prefix + ":*") == [key.encode()]
+
+
+def test_bucket_model_keeps_users_in_bucket_keys_with_ttl(ns, redis):
+    cfg = ns.config(user_status={"expire_interval": "1h", "expected_users": 1000})
+    ns.start_worker(cfg)
+    q = ns.start_query(cfg)
+    ta = now_ms() - 30_000
+    to = now_ms() - 2_000
+    ns.producer.event("active", "r1", ta)
+    ns.producer.event("online", "r1", to, state="dnd")
+    ns.producer.event("online", "r2", to)
+    ns.producer.flush()
+    applied(q, "r1", {"user": "r1", "active": ta // 1000, "online": to // 1000, "state": "dnd"})
+    applied(q, "r2", {"user": "r2", "online": to // 1000})
+    keys = ns.bucket_keys("r1", expected_users=1000)
+    assert redis("TYPE", keys["a"]) == "zset" and redis("TYPE", keys["o"]) == "zset"
+    assert redis("TYPE", keys["s"]) == "hash"
+    assert float(redis("ZSCORE", keys["a"], "r1")) == ta // 1000
+    assert float(redis("ZSCORE", keys["o"], "r1")) == to // 1000
+    assert redis("HGET", keys["s"], "r1") == b"dnd"
+    assert float(redis("ZSCORE", ns.bucket_keys("r2", expected_users=1000)["o"], "r2")) == to // 1000
+    for k in keys.values():
+        assert redis("OBJECT", "ENCODING", k) == b"listpack"
+        ttl = redis("PTTL", k)
+        assert 3_600_000 < ttl <= 3_600_000 + 3_600_000 // 16, (k, ttl)  # interval + trim period
+    assert len(redis("KEYS", ns.prefix + ":*")) <= 5  # no key per user
 
 
 def test_event_without_key_is_applied(ns, stack):

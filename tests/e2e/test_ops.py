@@ -4,6 +4,7 @@ import re
 import socket
 import time
 
+import pytest
 import requests
 
 from conftest import BUILD, WORKER_BIN, Proc, api, child_env, free_port, now_ms, status, statuses, wait_until
@@ -11,36 +12,43 @@ from conftest import BUILD, WORKER_BIN, Proc, api, child_env, free_port, now_ms,
 PROM_SAMPLE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? [-+0-9.eEaNInf]+( -?[0-9]+)?$")
 
 
-def test_ttl_expires_user(ns, redis):
-    cfg = ns.config(user_status={"expire_interval": "2s"})
+@pytest.mark.parametrize("storage", ["buckets", "per_user"])
+def test_ttl_expires_user(ns, redis, storage):
+    cfg = ns.config(user_status={"expire_interval": "2s", "storage": storage})
     ns.start_worker(cfg)
     q = ns.start_query(cfg)
     t = now_ms()
     ns.producer.event("active", "ttl1", t)
     ns.producer.flush()
     wait_until(lambda: status(q.url, "ttl1") == {"user": "ttl1", "active": t // 1000}, what="ttl1 applied")
-    ttl = redis("TTL", ns.key("ttl1"))
-    assert 0 < ttl <= 2, ttl
+    if storage == "per_user":
+        ttl = redis("TTL", ns.key("ttl1"))
+        assert 0 < ttl <= 2, ttl
     t0 = time.monotonic()
     wait_until(lambda: status(q.url, "ttl1") == {"user": "ttl1"}, timeout=10, what="ttl1 to expire")
     assert time.monotonic() - t0 <= 4
-    assert redis("EXISTS", ns.key("ttl1")) == 0
+    if storage == "per_user":
+        assert redis("EXISTS", ns.key("ttl1")) == 0
+    else:  # gone whole once the trim period (interval / 16) after the interval has passed
+        keys = ns.bucket_keys("ttl1")
+        wait_until(lambda: redis("EXISTS", keys["a"]) == 0, timeout=5, what="bucket key to expire")
 
 
-def test_ttl_is_extended_on_every_update(ns, redis):
-    cfg = ns.config(user_status={"expire_interval": "3s"})
+@pytest.mark.parametrize("storage", ["buckets", "per_user"])
+def test_ttl_is_extended_on_every_update(ns, redis, storage):
+    cfg = ns.config(user_status={"expire_interval": "3s", "storage": storage})
     ns.start_worker(cfg)
     q = ns.start_query(cfg)
-    t = now_ms()
     for i in range(4):
-        ns.producer.event("online", "ttl2", t + i * 1000 - 5000)
+        t = now_ms()
+        ns.producer.event("online", "ttl2", t)
         ns.producer.flush()
-        wait_until(lambda: status(q.url, "ttl2").get("online") == (t + i * 1000 - 5000) // 1000,
-                   what="ttl2 update %d" % i)
+        wait_until(lambda: status(q.url, "ttl2").get("online") == t // 1000, what="ttl2 update %d" % i)
         time.sleep(1.5)
-    # 6 s after the first update: alive only because each update refreshed the TTL
-    assert status(q.url, "ttl2") == {"user": "ttl2", "online": (t + 3000 - 5000) // 1000}
-    assert redis("TTL", ns.key("ttl2")) > 0
+    # 6 s after the first update: alive only because each update extended it
+    assert status(q.url, "ttl2") == {"user": "ttl2", "online": t // 1000}
+    key = ns.key("ttl2") if storage == "per_user" else ns.bucket_keys("ttl2")["o"]
+    assert redis("TTL", key) > 0
 
 
 def check_metrics(url):

@@ -206,4 +206,30 @@ def test_latency_histograms_count_exactly_this_tests_requests(ns, stack):
     assert samples["userstatus_query_produce_ack_seconds_count"] == 5  # 2 updates x 2 users + 1 delete
     assert samples["userstatus_query_events_acknowledged_total"] == 5
     assert samples["userstatus_query_requests_in_flight"] == 0
+    # Sequential requests: each get is one reader round, i.e. one store read.
+    assert samples['userstatus_redis_roundtrip_seconds_count{role="read"}'] == 4
     assert 'userstatus_query_request_duration_seconds_count{method="online",transport="http"}' not in samples
+
+
+def test_a_request_whose_client_left_is_not_counted_as_waiting_at_shutdown(ns, private_redis):
+    """A get suspended on a frozen Redis whose client goes away: the call completes at
+    query.request_timeout, its connection turns out closed, and the request no longer counts as
+    waiting -- shutdown does not wait for it nor report it unanswered."""
+    cfg = ns.config(user_status={"redis_address": private_redis.addr, "redis_io_timeout": "30s"},
+                    query={"request_timeout": "1s"})
+    q = ns.start_query(cfg)
+    private_redis.freeze()
+    try:
+        body = b'{"users":["gone"]}'
+        s = socket.create_connection(("127.0.0.1", cfg["port"]), timeout=10)
+        s.sendall(b"POST /api/get_user_status HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (API_KEY.encode(), len(body), body))
+        wait_until(lambda: metric(q.url, 'userstatus_query_commands_total{method="get_user_status"}') == 1,
+                   what="the get to be suspended")
+        s.close()  # the client leaves while its request waits
+        wait_until(lambda: metric(q.url, "userstatus_query_requests_in_flight") == 0, timeout=10,
+                   what="the call to complete at its deadline")
+        q.stop_ok()
+        assert "not answered yet" not in q.log()
+    finally:
+        private_redis.thaw()

@@ -9,25 +9,8 @@ import time
 import pytest
 import requests
 
-from conftest import call, now_ms, status, statuses, wait_until
+from conftest import call, fnv1a64, jump_hash, now_ms, status, statuses, wait_until
 from topology import Cluster, Sentinel, Shards
-
-
-def fnv1a64(data: bytes) -> int:
-    h = 0xCBF29CE484222325
-    for b in data:
-        h ^= b
-        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
-
-
-def jump_hash(key: int, buckets: int) -> int:
-    b, j = -1, 0
-    while j < buckets:
-        b = j
-        key = (key * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
-        j = int((b + 1) * (float(1 << 31) / float((key >> 33) + 1)))
-    return b
 
 
 def metric(base_url, name):
@@ -139,8 +122,9 @@ def sentinel():
     t.stop()
 
 
-def test_three_shards_place_each_user_by_jump_hash(ns, shards):
-    cfg = ns.config(user_status=shards.config())
+@pytest.mark.parametrize("storage", ["buckets", "per_user"])
+def test_three_shards_place_each_user_by_jump_hash(ns, shards, storage):
+    cfg = ns.config(user_status=dict(shards.config(), storage=storage))
     ns.start_worker(cfg)
     q = ns.start_query(cfg)
     users = ["s%d" % i for i in range(300)]
@@ -154,7 +138,10 @@ def test_three_shards_place_each_user_by_jump_hash(ns, shards):
     for u in users:
         want = jump_hash(fnv1a64(u.encode()), 3)
         for i, node in enumerate(shards.nodes):
-            present = node.call("EXISTS", ns.key(u)) == 1
+            if storage == "per_user":
+                present = node.call("EXISTS", ns.key(u)) == 1
+            else:  # the user's bucket within its shard
+                present = node.call("ZSCORE", ns.bucket_keys(u, nshards=3)["o"], u) is not None
             assert present == (i == want), (u, i, want)
         per_shard[want] += 1
     print("users per shard:", per_shard)
@@ -185,9 +172,11 @@ def test_cluster_keeps_serving_while_slots_migrate(ns, cluster):
                     for u in (w.metrics_url, q.url) for k in ("moved", "ask"))
     print("redirects followed by worker and query: %d" % redirects)
     assert redirects > 0  # The migration really happened under our clients.
-    # Every key lives on the master that owns its slot now.
+    # Every bucket key lives on the master that owns its slot now, and holds its users.
     for u in load.users[:50]:
-        assert cluster.owner_of(ns.key(u)) is not None, u
+        owner = cluster.owner_of(ns.bucket_keys(u)["a"])
+        assert owner is not None, u
+        assert owner.call("ZSCORE", ns.bucket_keys(u)["a"], u) is not None, u
 
 
 def test_sentinel_failover_loses_nothing(ns, sentinel):
@@ -205,4 +194,4 @@ def test_sentinel_failover_loses_nothing(ns, sentinel):
     print("sentinel: %d events for %d users, failover in %.1fs, now on %s" % (
         load.sent, len(load.users), failover_s, new_master))
     # The data is on the new master.
-    assert sentinel.replica.call("EXISTS", ns.key("f0")) == 1
+    assert sentinel.replica.call("ZSCORE", ns.bucket_keys("f0")["a"], "f0") is not None

@@ -159,3 +159,22 @@ def test_a_client_that_goes_away_frees_its_stream(ns):
     # The next keep-alive (15 s) finds the socket closed; the stream is then freed.
     wait_until(lambda: "userstatus_query_watch_streams 0\n" in requests.get(q.url + "/metrics", timeout=5).text,
                timeout=40, what="the stream to be freed")
+
+
+def test_a_long_list_gets_all_its_initial_statuses(ns):
+    """1000 users with 64-byte states: the initial statuses (~110 KB) exceed the 64 KiB a stream may
+    buffer for changes, and must still all be sent."""
+    _, q = start(ns)
+    users = ["long-%04d" % i for i in range(1000)]
+    assert api(q.url, "update_user_status", {"users": users, "state": "s" * 64}).json() == {"result": {}}
+    wait_until(lambda: api(q.url, "get_user_status", {"users": users[-1:]}).json()["result"]["statuses"][0]
+               .get("state") == "s" * 64, what="the states stored")
+    wait_until(lambda: all(s.get("state") for s in api(q.url, "get_user_status", {"users": users}).json()
+                           ["result"]["statuses"]), what="all 1000 stored")
+    w = Watcher(q.url, users)
+    try:
+        got = [w.next(("status",)) for _ in users]
+        assert [d["user"] for _, d in got] == users
+        assert all(d["state"] == "s" * 64 and d["status"] == "online" for _, d in got)
+    finally:
+        w.close()

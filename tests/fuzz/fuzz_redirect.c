@@ -4,7 +4,7 @@
  *
  * Properties checked: a parsed redirect has a slot < 16384, a port in 1..65535 and a NUL-terminated
  * host; a slot map has ranges inside 0..16383 with first <= last, and never more than cap. */
-#include "redis_cluster.h"
+#include "redis_topology.h"
 #include "fuzz_replay.h"
 
 #include <hiredis/hiredis.h>

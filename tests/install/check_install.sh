@@ -25,7 +25,7 @@ PREFIX="$(sed -n 's/^CMAKE_INSTALL_PREFIX:PATH=//p' "$BUILD/CMakeCache.txt")"
 [[ -n "$PREFIX" ]] || fail "no CMAKE_INSTALL_PREFIX in $BUILD/CMakeCache.txt"
 UNIT_DIR="$(sed -n 's/^USERSTATUS_SYSTEMD_UNIT_DIR:STRING=//p' "$BUILD/CMakeCache.txt")"
 [[ "$UNIT_DIR" == /* ]] || UNIT_DIR="$PREFIX/$UNIT_DIR"
-UNITS=(userstatus-query.service userstatus-worker@.service)
+UNITS=(userstatus-query.service userstatus-worker@.service userstatus-notify.service)
 
 check_units() {
     if ! command -v systemd-analyze >/dev/null; then
@@ -72,7 +72,7 @@ check_deb() {
     echo "ok: $(basename "$deb")"
 
     [[ "$(dpkg-deb -f "$deb" Package)" == userstatus ]] || fail "Package is not userstatus"
-    for lib in librdkafka libhiredis libmsgpackc libmicrohttpd libjansson; do
+    for lib in librdkafka libhiredis libmsgpackc libmicrohttpd libjansson libcurl4 libssl3; do
         dpkg-deb -f "$deb" Depends | grep -q "$lib" || fail "Depends lacks $lib: $(dpkg-deb -f "$deb" Depends)"
     done
     local etc="$PREFIX/etc/userstatus"
@@ -82,6 +82,7 @@ check_deb() {
 
     list="$(dpkg-deb -c "$deb" | awk '{print $1, $NF}')"
     for f in "$PREFIX/bin/userstatus-query" "$PREFIX/bin/userstatus-worker" \
+             "$PREFIX/bin/userstatus-notify" "$UNIT_DIR/userstatus-notify.service" \
              "$UNIT_DIR/userstatus-query.service" "$UNIT_DIR/userstatus-worker@.service" \
              "$etc/config.json" "$PREFIX/share/doc/userstatus/README.md" \
              "$PREFIX/share/doc/userstatus/examples/minimal.json" \
@@ -94,7 +95,7 @@ check_deb() {
 
     dpkg -x "$deb" "$root"
     local bin="$root$PREFIX/bin" prog
-    for prog in userstatus-query userstatus-worker; do
+    for prog in userstatus-query userstatus-worker userstatus-notify; do
         out="$("$bin/$prog" --help 2>&1)" || true
         grep -q "^usage: $prog" <<<"$out" || fail "$prog --help printed no usage: $out"
         "$bin/$prog" --config "$root$PREFIX/share/doc/userstatus/examples/minimal.json" --check-config \
@@ -111,7 +112,7 @@ check_deb() {
     # The units' own command lines (ExecStart=) are accepted by the programs: the worker's with its
     # instance name as the metrics port, the query's with a config that has an API key.
     local unit cfg words line
-    for unit in userstatus-worker@.service userstatus-query.service; do
+    for unit in userstatus-worker@.service userstatus-query.service userstatus-notify.service; do
         cfg="$root$etc/config.json"
         [[ $unit == userstatus-query.service ]] && cfg="$root$PREFIX/share/doc/userstatus/examples/minimal.json"
         line="$(sed -n 's/^ExecStart=//p' "$root$UNIT_DIR/$unit")"

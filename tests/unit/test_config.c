@@ -246,6 +246,34 @@ static void test_proxy_section_from_file_and_environment(void **state)
     us_config_free(&cfg);
 }
 
+static void test_storage_defaults_to_buckets_sized_for_ten_million_users(void **state)
+{
+    us_config cfg;
+    char err[256];
+    assert_int_equal(us_config_load(&cfg, NULL, NULL, NULL, 0, err, sizeof(err)), 0);
+    assert_string_equal(cfg.user_status.storage, "buckets");
+    assert_int_equal(cfg.user_status.expected_users, 10000000);
+    us_config_free(&cfg);
+
+    char *envp[] = {"USERSTATUS_USER_STATUS_EXPECTED_USERS=250000", NULL};
+    const char *json = "{\"user_status\": {\"storage\": \"per_user\"}}";
+    assert_int_equal(load_text(&cfg, json, envp, err, sizeof(err)), 0);
+    assert_string_equal(cfg.user_status.storage, "per_user");
+    assert_int_equal(cfg.user_status.expected_users, 250000);
+    us_config_free(&cfg);
+}
+
+static void test_bad_storage_values_name_the_key(void **state)
+{
+    const bad_config cases[] = {
+        {"{\"user_status\": {\"storage\": \"hash\"}}", "'user_status.storage'"},
+        {"{\"user_status\": {\"storage\": 1}}", "'user_status.storage'"},
+        {"{\"user_status\": {\"expected_users\": 0}}", "'user_status.expected_users'"},
+        {"{\"user_status\": {\"expected_users\": \"1M\"}}", "'user_status.expected_users'"},
+    };
+    assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
+}
+
 static void test_bad_proxy_values_name_the_key(void **state)
 {
     const bad_config cases[] = {
@@ -711,7 +739,79 @@ static void test_bad_changes_values_name_the_key(void **state)
         {"{\"changes\": {\"enabled\": 1}}", "'changes.enabled'"},
         {"{\"changes\": {\"topic\": \"\"}}", "'changes.topic'"},
         {"{\"changes\": {\"topic\": \"user_status\"}}", "'changes.topic'"},
-        {"{\"changes\": {\"webhooks\": []}}", "'changes.webhooks'"},
+    };
+    assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+static void test_notify_defaults_configure_no_destination(void **state)
+{
+    us_config cfg;
+    char err[256];
+    assert_int_equal(us_config_load(&cfg, NULL, NULL, NULL, 0, err, sizeof(err)), 0);
+    assert_int_equal(cfg.changes.webhooks.count, 0);
+    assert_string_equal(cfg.changes.centrifugo_api_url, "");
+    assert_string_equal(cfg.changes.centrifugo_channel_prefix, "status:");
+    assert_string_equal(cfg.changes.notify_consumer_group, "userstatus-notify");
+    assert_int_equal(cfg.changes.notify_timeout_ms, 10000);
+    assert_int_equal(cfg.changes.notify_retry_max_ms, 30000);
+    assert_int_equal(cfg.changes.notify_batch_size, 100);
+    assert_int_equal(cfg.changes.notify_metrics_port, 9200);
+    us_config_free(&cfg);
+}
+
+static void test_webhooks_and_centrifugo_from_file_and_environment(void **state)
+{
+    us_config cfg;
+    char err[256];
+    char *envp[] = {"USERSTATUS_CHANGES_CENTRIFUGO_API_KEY=from-env", NULL};
+    const char *json =
+        "{\"changes\": {\"webhooks\": [{\"url\": \"http://a.example/hook\", \"secret\": \"s1\"},"
+        " {\"url\": \"https://b.example/\", \"secret\": \"s2\", \"consumer_group\": \"g-b\"}],"
+        " \"centrifugo\": {\"api_url\": \"http://127.0.0.1:8000/api\", \"api_key\": \"k\","
+        " \"channel_prefix\": \"presence:\"}}}";
+    assert_int_equal(load_text(&cfg, json, envp, err, sizeof(err)), 0);
+    const us_strlist *w = &cfg.changes.webhooks;
+    assert_int_equal(w->count, 2 * US_WEBHOOK_FIELDS);
+    assert_string_equal(w->items[US_WEBHOOK_URL], "http://a.example/hook");
+    assert_string_equal(w->items[US_WEBHOOK_SECRET], "s1");
+    assert_string_equal(w->items[US_WEBHOOK_GROUP], "");
+    assert_string_equal(w->items[US_WEBHOOK_FIELDS + US_WEBHOOK_URL], "https://b.example/");
+    assert_string_equal(w->items[US_WEBHOOK_FIELDS + US_WEBHOOK_SECRET], "s2");
+    assert_string_equal(w->items[US_WEBHOOK_FIELDS + US_WEBHOOK_GROUP], "g-b");
+    assert_string_equal(cfg.changes.centrifugo_api_url, "http://127.0.0.1:8000/api");
+    assert_string_equal(cfg.changes.centrifugo_api_key, "from-env");
+    assert_string_equal(cfg.changes.centrifugo_channel_prefix, "presence:");
+    us_config_free(&cfg);
+
+    char *env_hooks[] = {
+        "USERSTATUS_CHANGES_WEBHOOKS=[{\"url\": \"http://c.example/\", \"secret\": \"s3\"}]", NULL};
+    assert_int_equal(load_text(&cfg, json, env_hooks, err, sizeof(err)), 0);
+    assert_int_equal(cfg.changes.webhooks.count, US_WEBHOOK_FIELDS);
+    assert_string_equal(cfg.changes.webhooks.items[US_WEBHOOK_URL], "http://c.example/");
+    us_config_free(&cfg);
+}
+
+static void test_bad_notify_values_name_the_key(void **state)
+{
+    const bad_config cases[] = {
+        {"{\"changes\": {\"webhooks\": {\"url\": \"http://a/\"}}}", "'changes.webhooks'"},
+        {"{\"changes\": {\"webhooks\": [\"http://a/\"]}}", "'changes.webhooks[0]'"},
+        {"{\"changes\": {\"webhooks\": [{\"url\": \"http://a/\", \"secret\": \"s\"}, {\"secret\": \"s\"}]}}",
+         "'changes.webhooks[1].url'"},
+        {"{\"changes\": {\"webhooks\": [{\"url\": \"http://a/\", \"secret\": \"\"}]}}",
+         "'changes.webhooks[0].secret'"},
+        {"{\"changes\": {\"webhooks\": [{\"url\": \"http://a/\", \"secret\": 5}]}}",
+         "'changes.webhooks[0].secret'"},
+        {"{\"changes\": {\"webhooks\": [{\"url\": \"http://a/\", \"secret\": \"s\", \"retries\": \"3\"}]}}",
+         "'changes.webhooks[0].retries'"},
+        {"{\"changes\": {\"webhooks\": [{\"url\": \"ftp://a/\", \"secret\": \"s\"}]}}",
+         "'changes.webhooks[0].url'"},
+        {"{\"changes\": {\"centrifugo\": \"http://a/\"}}", "'changes.centrifugo'"},
+        {"{\"changes\": {\"centrifugo\": {\"api_url\": \"a:8000\"}}}", "'changes.centrifugo.api_url'"},
+        {"{\"changes\": {\"centrifugo\": {\"channel\": \"x\"}}}", "'changes.centrifugo.channel'"},
+        {"{\"changes\": {\"notify_timeout\": \"10ms\"}}", "'changes.notify_timeout'"},
+        {"{\"changes\": {\"notify_batch_size\": 0}}", "'changes.notify_batch_size'"},
+        {"{\"changes\": {\"notify_consumer_group\": \"\"}}", "'changes.notify_consumer_group'"},
     };
     assert_refused_naming(cases, sizeof(cases) / sizeof(cases[0]));
 }
@@ -846,10 +946,15 @@ int main(void)
         cmocka_unit_test(test_changes_defaults),
         cmocka_unit_test(test_changes_section_from_file_and_environment),
         cmocka_unit_test(test_bad_changes_values_name_the_key),
+        cmocka_unit_test(test_notify_defaults_configure_no_destination),
+        cmocka_unit_test(test_webhooks_and_centrifugo_from_file_and_environment),
+        cmocka_unit_test(test_bad_notify_values_name_the_key),
         cmocka_unit_test(test_status_page_is_off_by_default_and_can_be_enabled),
         cmocka_unit_test(test_grpc_api_defaults),
         cmocka_unit_test(test_grpc_api_section_from_file_and_environment),
         cmocka_unit_test(test_bad_grpc_api_values_name_the_key),
+        cmocka_unit_test(test_storage_defaults_to_buckets_sized_for_ten_million_users),
+        cmocka_unit_test(test_bad_storage_values_name_the_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "redis_cluster.h"
+#include "redis_topology.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -68,7 +68,7 @@ static void test_redirects_are_parsed(void **state)
 static void test_other_errors_are_not_redirects(void **state)
 {
     const char *bad[] = {"ERR unknown command", "MOVED", "MOVED 16384 h:1", "MOVED x h:1",
-                         "MOVED 1 h", "MOVED 1 h:", "MOVED 1 :5", "ASK 1 h:99999", "TRYAGAIN x",
+                         "MOVED 1 h", "MOVED 1 h:", "MOVED 1 :0", "ASK 1 h:99999", "TRYAGAIN x",
                          "MOVED 1 h:1x", "moved 1 h:1"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         us_redirect r;

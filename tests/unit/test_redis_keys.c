@@ -1,4 +1,4 @@
-/* Key layout, shard placement and address parsing. */
+/* Key layout of both status models, bucket choice, shard placement and address parsing. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -6,6 +6,7 @@
 #include <cmocka.h>
 
 #include "redis_store.h"
+#include "redis_topology.h"
 #include "test_helpers.h"
 
 static void test_shard_placement_matches_go_vectors(void **state)
@@ -96,6 +97,100 @@ static void test_bad_addresses_are_refused_with_a_message(void **state)
     }
 }
 
+static void test_bucket_count_keeps_about_fifty_users_per_bucket(void **state)
+{
+    assert_int_equal(us_bucket_count(10000000, 1), 200000);
+    assert_int_equal(us_bucket_count(10000000, 4), 50000);
+    assert_int_equal(us_bucket_count(1000001, 1), 20001); /* Rounded up. */
+    assert_int_equal(us_bucket_count(1, 1), 1);
+    assert_int_equal(us_bucket_count(100, 3), 1);
+}
+
+static void test_buckets_fill_evenly_and_stay_listpacks(void **state)
+{
+    enum { BUCKETS = 1000, USERS = BUCKETS * US_BUCKET_TARGET_MEMBERS };
+    static int fill[BUCKETS];
+    memset(fill, 0, sizeof(fill));
+    char user[32];
+    for (int i = 0; i < USERS; i++) {
+        int len = snprintf(user, sizeof(user), "%d", 1000000 + i);
+        uint32_t b = us_bucket_of(user, (size_t)len, BUCKETS);
+        assert_true(b < BUCKETS);
+        fill[b]++;
+    }
+    int over = 0, least = USERS;
+    for (int b = 0; b < BUCKETS; b++) {
+        over += fill[b] > US_BUCKET_LISTPACK_MAX;
+        if (fill[b] < least) least = fill[b];
+    }
+    /* Poisson(50): 128 is 11 sigma away; even 2.5x the expected users (Poisson(125)) would overflow
+     * only some buckets (more memory for their users, same answers). */
+    assert_int_equal(over, 0);
+    assert_true(least >= 20);
+}
+
+static void test_bucket_is_independent_of_the_shard(void **state)
+{
+    /* The users of one shard must spread over all of that shard's buckets, not a fraction. */
+    enum { BUCKETS = 16 };
+    int seen[BUCKETS] = {0};
+    char user[32];
+    for (int i = 0; i < 4000; i++) {
+        int len = snprintf(user, sizeof(user), "u%d", i);
+        if (us_shard_for_user(user, (size_t)len, 4) != 2) continue;
+        seen[us_bucket_of(user, (size_t)len, BUCKETS)]++;
+    }
+    for (int b = 0; b < BUCKETS; b++) assert_in_range(seen[b], 30, 100);
+}
+
+static void test_bucket_of_matches_the_python_port(void **state)
+{
+    /* Vectors from tests/e2e/conftest.py's bucket_of (which the e2e tests use to find keys). */
+    assert_true(us_mix64(1) == 0x5692161d100b05e5ULL);
+    assert_int_equal(us_bucket_of("r1", 2, 100000), 7088);
+    assert_int_equal(us_bucket_of("u42", 3, 1000), 654);
+    assert_int_equal(us_bucket_of("12345678", 8, 33334), 23746);
+    assert_int_equal(us_bucket_of("anything", 8, 1), 0);
+}
+
+static void test_bucket_keys_share_a_cluster_slot(void **state)
+{
+    char a[64], o[64], s[64];
+    assert_int_equal(us_bucket_key("userstatus", 4711, 'a', a, sizeof(a)), 19);
+    assert_string_equal(a, "userstatus:{4711}:a");
+    us_bucket_key("userstatus", 4711, 'o', o, sizeof(o));
+    us_bucket_key("userstatus", 4711, 's', s, sizeof(s));
+    assert_string_equal(s, "userstatus:{4711}:s");
+    assert_int_equal(us_cluster_slot(a, strlen(a)), us_cluster_slot("4711", 4));
+    assert_int_equal(us_cluster_slot(o, strlen(o)), us_cluster_slot(a, strlen(a)));
+    assert_int_equal(us_cluster_slot(s, strlen(s)), us_cluster_slot(a, strlen(a)));
+    assert_int_equal(us_bucket_key("userstatus", 4711, 'a', a, 10), -1);
+}
+
+static void test_cutoff_is_the_oldest_visible_second(void **state)
+{
+    /* 2 s interval at 12.5 s: a time of 10 s is still visible, 9 s is not. */
+    assert_int_equal(us_bucket_cutoff(12500, 2000), 10);
+    assert_int_equal(us_bucket_cutoff(13000, 2000), 11);
+    assert_int_equal(us_bucket_cutoff(500, 2000), -2);
+}
+
+static void test_address_errors_never_show_the_password(void **state)
+{
+    const char *bad[] = {"redis://alice:s3cret@host", "redis://:s3cret@h:1/x",
+                         "redis://alice:s3cret@h:99999", "rediss://alice:s3cret@h:1"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        us_redis_addr a;
+        char err[512] = "";
+        assert_int_equal(us_redis_addr_parse(bad[i], &a, err, sizeof(err)), -1);
+        if (strstr(err, "s3cret")) fail_msg("'%s' shows the password: %s", bad[i], err);
+    }
+    us_redis_addr a;
+    char err[512] = "";
+    us_redis_addr_parse("redis://alice:s3cret@h:1/x", &a, err, sizeof(err));
+    assert_non_null(strstr(err, "redis://alice:***@h:1/x"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -104,6 +199,13 @@ int main(void)
         cmocka_unit_test(test_key_is_prefix_colon_user),
         cmocka_unit_test(test_address_forms),
         cmocka_unit_test(test_bad_addresses_are_refused_with_a_message),
+        cmocka_unit_test(test_bucket_count_keeps_about_fifty_users_per_bucket),
+        cmocka_unit_test(test_buckets_fill_evenly_and_stay_listpacks),
+        cmocka_unit_test(test_bucket_is_independent_of_the_shard),
+        cmocka_unit_test(test_bucket_of_matches_the_python_port),
+        cmocka_unit_test(test_bucket_keys_share_a_cluster_slot),
+        cmocka_unit_test(test_cutoff_is_the_oldest_visible_second),
+        cmocka_unit_test(test_address_errors_never_show_the_password),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
