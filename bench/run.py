@@ -397,6 +397,7 @@ def main():
                            "logfile": os.path.join(work, "webdis.log")}, open(wdcfg, "w"))
                 start(["webdis", wdcfg], "webdis.out")
                 wait_port(wport)
+                redis_cli(rport, "ZADD", "bench:r42", 1700000000, "a", 1700000001, "o")
             cfg_path = os.path.join(work, "config.json")
             json.dump(cfg, open(cfg_path, "w"))
             query = start([os.path.join(args.build, "query", "userstatus-query"), "--config",
@@ -410,7 +411,7 @@ def main():
             base = f"http://127.0.0.1:{qport}"
             loads = {
                 "get1": ("/api/get_user_status", {"users": ["w42"]},
-                         "/ZRANGE/userstatus:w42/0/-1/WITHSCORES"),
+                         "/ZRANGE/bench:r42/0/-1/WITHSCORES"),
                 "get100": ("/api/get_user_status", {"users": users100}, None),
                 "update": ("/api/update_user_status", {"users": ["w42"]}, "/ZADD/bench:w42/GT/1/o"),
             }

@@ -163,18 +163,20 @@ int us_cmd_set(us_core *core, us_cmd *c, us_cmd_kind kind, const us_user_ref *us
         us_cmd_fail(c, code, reason);
         return -1;
     }
-    /* One allocation: the refs, then the bytes they point to. */
+    /* One allocation: the refs, then the bytes they point to, each id NUL-terminated (the gRPC
+     * front end hands them to protobuf-c as C strings). */
     size_t bytes = 0;
-    for (size_t i = 0; i < n; i++) bytes += users[i].len;
+    for (size_t i = 0; i < n; i++) bytes += users[i].len + 1;
     free(c->users);
     c->users = malloc((n ? n : 1) * sizeof(*c->users) + bytes);
     if (!c->users) abort();
     char *mem = (char *)(c->users + (n ? n : 1));
     for (size_t i = 0; i < n; i++) {
         memcpy(mem, users[i].user, users[i].len);
+        mem[users[i].len] = '\0';
         c->users[i].user = mem;
         c->users[i].len = users[i].len;
-        mem += users[i].len;
+        mem += users[i].len + 1;
     }
     c->nusers = n;
     c->kind = kind;
