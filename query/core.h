@@ -51,7 +51,7 @@ typedef struct us_cmd {
     us_cmd_kind kind;
     int error;                      /* 0, or the code answered instead of a result. */
     char reason[US_CMD_REASON_MAX]; /* Why, for this client only: no other request's data. */
-    us_user_ref *users; /* Owned, strings included (one allocation). */
+    us_user_ref *users; /* Owned, strings included (one allocation, each NUL-terminated). */
     size_t nusers;
     const char *state; /* Owned copy (state_buf), when has_state. */
     size_t state_len;
