@@ -282,6 +282,7 @@ uint16_t us_topology_node(us_topology *t, const char *host, int port)
     memset(n, 0, sizeof(*n));
     snprintf(n->addr.host, sizeof(n->addr.host), "%s", host);
     n->addr.port = port;
+    n->addr.db = t->db; /* Sentinel's master: user_status.redis_db; Cluster nodes: 0 (enforced). */
     us_redis_addr_default_auth(&n->addr, t->user, t->password);
     return (uint16_t)t->nnodes++;
 }
@@ -439,14 +440,17 @@ static struct timeval ms_to_tv(int64_t ms)
     return tv;
 }
 
+/* Parses a list of addresses; those without credentials get user/password, those naming no
+ * database (or database 0) get db. */
 static int parse_list(const us_strlist *l, us_redis_addr **out, char *err, size_t errlen,
-                      const char *user, const char *password)
+                      const char *user, const char *password, int db)
 {
     *out = calloc(l->count ? l->count : 1, sizeof(us_redis_addr));
     if (!*out) abort();
     for (size_t i = 0; i < l->count; i++) {
         if (us_redis_addr_parse(l->items[i], &(*out)[i], err, errlen) != 0) return -1;
         us_redis_addr_default_auth(&(*out)[i], user, password);
+        if ((*out)[i].db == 0) (*out)[i].db = db;
     }
     return 0;
 }
@@ -460,11 +464,13 @@ int us_topology_init(us_topology *t, const us_config *cfg, char *err, size_t err
     t->opts.connect_timeout = ms_to_tv(us->redis_connect_timeout_ms);
     t->opts.io_timeout = ms_to_tv(us->redis_io_timeout_ms);
     snprintf(t->user, sizeof(t->user), "%s", us->redis_user);
+    t->db = us->redis_cluster_address.count > 0 ? 0 : us->redis_db;
     snprintf(t->password, sizeof(t->password), "%s", us->redis_password);
 
     if (us->redis_cluster_address.count > 0) {
         t->kind = US_TOPO_CLUSTER;
-        if (parse_list(&us->redis_cluster_address, &t->seeds, err, errlen, t->user, t->password))
+        if (parse_list(&us->redis_cluster_address, &t->seeds, err, errlen, t->user, t->password,
+                       0))
             return -1;
         t->nseeds = us->redis_cluster_address.count;
         for (size_t i = 0; i < t->nseeds; i++)
@@ -484,7 +490,7 @@ int us_topology_init(us_topology *t, const us_config *cfg, char *err, size_t err
     if (us->redis_sentinel_address.count > 0) {
         t->kind = US_TOPO_SENTINEL;
         if (parse_list(&us->redis_sentinel_address, &t->seeds, err, errlen,
-                       us->redis_sentinel_user, us->redis_sentinel_password))
+                       us->redis_sentinel_user, us->redis_sentinel_password, 0))
             return -1;
         t->nseeds = us->redis_sentinel_address.count;
         t->master_name = strdup(us->redis_sentinel_master_name);
@@ -500,7 +506,7 @@ int us_topology_init(us_topology *t, const us_config *cfg, char *err, size_t err
         return -1;
     }
     us_redis_addr *list;
-    int rc = parse_list(addrs, &list, err, errlen, t->user, t->password);
+    int rc = parse_list(addrs, &list, err, errlen, t->user, t->password, us->redis_db);
     if (rc == 0) {
         t->nodes = calloc(addrs->count, sizeof(us_redis_node));
         if (!t->nodes) abort();

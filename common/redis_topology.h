@@ -89,6 +89,7 @@ typedef struct us_topology {
     size_t nshards; /* Client-side shards (US_TOPO_SHARDS), else 1. */
     us_redis_conn_opts opts;
     char user[128], password[256]; /* For nodes whose address carries no credentials. */
+    int db;                        /* For data nodes whose address names no database. */
 
     us_redis_addr *seeds; /* Sentinels, or cluster seed nodes. */
     size_t nseeds;

@@ -248,7 +248,7 @@ def test_disabled_changes_create_no_topic_and_no_index(ns, redis):
     w = ns.start_worker(ns.config(changes={"topic": ns.changes, "enabled": False}))
     ns.producer.event("active", "u4", time_ms=whole_second_ms())
     ns.producer.flush()
-    wait_until(lambda: redis("EXISTS", ns.key("u4")) == 1, what="u4 in the status store")
+    wait_until(lambda: redis("ZSCORE", ns.bucket_keys("u4")["a"], "u4") is not None, what="u4 in the status store")
     c = Consumer({"bootstrap.servers": KAFKA, "group.id": "us-e2e-md"})
     try:
         assert ns.changes not in c.list_topics(timeout=10).topics

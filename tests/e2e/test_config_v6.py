@@ -20,12 +20,13 @@ def test_reuse_from_engine_writes_and_reads_in_the_engines_database(ns):
     user = "v6-" + ns.id
     assert call(q.url, "update_user_status", {"users": [user]}) == {"result": {}}
     wait_until(lambda: "active" in status(q.url, user), what="update visible")
+    active = ns.bucket_keys(user)["a"]  # the user's bucket of active times
     r = Redis()
     try:
-        assert r("EXISTS", ns.key(user)) == 0  # not in database 0
+        assert r("ZSCORE", active, user) is None  # not in database 0
         assert r("SELECT", 3) == "OK"
-        assert r("EXISTS", ns.key(user)) == 1
-        r("DEL", ns.key(user))
+        assert r("ZSCORE", active, user) is not None
+        r("DEL", *ns.bucket_keys(user).values())
     finally:
         r.close()
 
