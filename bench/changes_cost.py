@@ -111,7 +111,7 @@ def run(build, users, partitions, changes):
     return out
 
 
-def read_changes(topic, partitions, total, out):
+def read_changes(topic, partitions, total, out, status="online"):
     """Reader process: reads `total` changes (or gives up 30 s after the last one) and sends the
     latencies (read time - since, ms) through the pipe `out`."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -127,7 +127,7 @@ def read_changes(topic, partitions, total, out):
         if m is None or m.error():
             continue
         v = msgpack.unpackb(m.value())
-        if v["user"].startswith("lat-"):  # not the warm-up user
+        if v["user"].startswith("lat-") and v["status"] == status:  # not the warm-up user
             lat.append(time.time() * 1000 - v["since"])
         last = time.monotonic()
     c.close()
@@ -137,7 +137,7 @@ def read_changes(topic, partitions, total, out):
 WATCH_USERS_PER_STREAM = 1000  # query.max_users_per_request's default
 
 
-def read_watch(url, users, total, out):
+def read_watch(url, users, total, out, status="online"):
     """Reader process: opens watch streams on the query service for `users` (1000 per stream) and
     sends the latencies (receipt time - since, ms) of the `change` events of those users, once
     `total` arrived or 30 s after the last one."""
@@ -155,7 +155,9 @@ def read_watch(url, users, total, out):
                 if line.startswith("event: "):
                     event = line[7:]
                 elif line.startswith("data: ") and event == "change":
-                    got.put(time.time() * 1000 - json.loads(line[6:])["since"])
+                    change = json.loads(line[6:])
+                    if change["status"] == status:
+                        got.put(time.time() * 1000 - change["since"])
         except Exception:  # closed at the end of the run
             pass
 
@@ -177,12 +179,16 @@ def summary(lat, total):
             "max_ms": round(lat[-1]) if lat else None}
 
 
-def latency(build, rate, seconds, partitions):
+def latency(build, rate, seconds, partitions, offline_after=None):
     """Event -> change latency: `rate` events/s for `seconds`, each of a new user (so each one is a
     transition offline -> online whose `since` is the event time); a reader process of the changes
     topic measures read time - since, and another one the same through the query service's watch
-    stream (its users watched before the run starts)."""
+    stream (its users watched before the run starts). With offline_after (a duration), the users
+    are left silent and what is measured is the delay of their `offline` change: receipt time -
+    since, where since = last event + offline_after (the offline detection delay)."""
     import multiprocessing
+
+    status = "offline" if offline_after else "online"
 
     tag = uuid.uuid4().hex[:8]
     topic, prefix = "bench_lat_" + tag, "bench_lat_" + tag
@@ -193,8 +199,8 @@ def latency(build, rate, seconds, partitions):
                      "consumer_group": topic + "_g", "partitions": partitions},
            "worker": {"metrics_port": port},
            "port": free_port(), "address": "127.0.0.1",
-           "changes": {"topic": topic + "_changes", "offline_after": "1h",
-                       "watch_max_streams": 1000}}
+           "changes": {"topic": topic + "_changes", "offline_after": offline_after or "1h",
+                       "away_after": "1h", "watch_max_streams": 1000}}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(cfg, f)
     env = {k: v for k, v in os.environ.items() if not k.startswith("USERSTATUS_")}
@@ -215,11 +221,11 @@ def latency(build, rate, seconds, partitions):
                 time.sleep(0.1)
         recv, send = multiprocessing.Pipe(duplex=False)
         reader = multiprocessing.get_context("fork").Process(
-            target=read_changes, args=(topic + "_changes", partitions, total, send))
+            target=read_changes, args=(topic + "_changes", partitions, total, send, status))
         reader.start()
         wrecv, wsend = multiprocessing.Pipe(duplex=False)
         watcher = multiprocessing.get_context("fork").Process(
-            target=read_watch, args=(qurl, ["lat-%d" % i for i in range(total)], total, wsend))
+            target=read_watch, args=(qurl, ["lat-%d" % i for i in range(total)], total, wsend, status))
         watcher.start()
         p = Producer({"bootstrap.servers": KAFKA, "partitioner": "murmur2_random", "linger.ms": 5})
         # Warm-up: the first change waits for the new topic's metadata and the producer's id.
@@ -268,9 +274,14 @@ def main():
     ap.add_argument("--latency-rate", type=int, default=10000, help="events/s of the latency run")
     ap.add_argument("--latency-seconds", type=float, default=10)
     ap.add_argument("--latency-only", action="store_true")
+    ap.add_argument("--offline-after", default="3s",
+                    help="changes.offline_after of the offline detection run (goal: delay <= 2 s)")
     a = ap.parse_args()
     print("event -> change latency (changes topic, watch stream) at %d events/s: %s"
           % (a.latency_rate, json.dumps(latency(a.build, a.latency_rate, a.latency_seconds, a.partitions))))
+    print("offline detection delay after offline_after=%s (changes topic, watch stream), %d users: %s"
+          % (a.offline_after, a.latency_rate,
+             json.dumps(latency(a.build, a.latency_rate, 1, a.partitions, a.offline_after))))
     if a.latency_only:
         return
     off = run(a.build, a.users, a.partitions, False)
