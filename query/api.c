@@ -687,8 +687,9 @@ void us_api_stop(us_api *api)
     if (!api) return;
     us_watch_quiesce(api->watch); /* Streams end: none stays suspended. */
     if (api->daemon) {
+        /* Stops accepting. The listening socket is ours to close, but only once MHD_stop_daemon
+         * returned: its threads still hold it in their epoll sets until then. */
         MHD_socket listener = MHD_quiesce_daemon(api->daemon);
-        if (listener != MHD_INVALID_SOCKET) close(listener);
         /* The core is quiesced: every suspended request has been resumed; give the daemon's
          * threads a moment to send their replies and the streams' last bytes. */
         for (int waited = 0;
@@ -700,6 +701,7 @@ void us_api_stop(us_api *api)
             us_warn("stopping with %d resumed request(s) not answered yet; their connections "
                     "are closed", atomic_load(&api->suspended));
         MHD_stop_daemon(api->daemon);
+        if (listener != MHD_INVALID_SOCKET) close(listener);
     }
     us_admin_http_stop(api->metrics_http);
     us_watch_free(api->watch);

@@ -44,7 +44,9 @@
 #define WATCH_BUFFER_MAX (64 * 1024)   /* Bytes buffered per stream before it is cut. */
 #define WATCH_KEEPALIVE_MS 15000       /* A comment line this often keeps proxies from closing. */
 #define WATCH_POLL_MS 100              /* Consumer poll timeout. Milliseconds. */
-#define WATCH_TOPIC_RETRY_MS 5000      /* Waiting for the changes topic to exist. Milliseconds. */
+#define WATCH_TOPIC_RETRY_MIN_MS 250   /* First wait for the changes topic's metadata (a topic just
+                                        * created takes a moment to appear). Milliseconds. */
+#define WATCH_TOPIC_RETRY_MS 5000      /* Longest wait between attempts. Milliseconds. */
 #define WATCH_TABLE_BITS 12            /* 4096 hash chains. */
 #define WATCH_BLOCK_SIZE 4096          /* libmicrohttpd's read size for the stream. */
 
@@ -406,14 +408,17 @@ static void *consumer_main(void *arg)
     us_watch *w = arg;
     int assigned = 0;
     int64_t next_try = 0, next_ping = us_monotonic_ms() + WATCH_KEEPALIVE_MS;
+    int64_t retry_ms = WATCH_TOPIC_RETRY_MIN_MS;
     char err[256];
     while (!atomic_load(&w->stop)) {
         int64_t now = us_monotonic_ms();
         if (!assigned && now >= next_try) {
             assigned = assign_all(w, err, sizeof(err)) == 0;
             if (!assigned) {
-                us_warn("%s; retrying in %d s", err, WATCH_TOPIC_RETRY_MS / 1000);
-                next_try = now + WATCH_TOPIC_RETRY_MS;
+                if (retry_ms >= WATCH_TOPIC_RETRY_MS) /* Quick retries are expected: quiet. */
+                    us_warn("%s; retrying in %lld ms", err, (long long)retry_ms);
+                next_try = now + retry_ms;
+                retry_ms = retry_ms * 2 > WATCH_TOPIC_RETRY_MS ? WATCH_TOPIC_RETRY_MS : retry_ms * 2;
             }
         }
         if (now >= next_ping) {

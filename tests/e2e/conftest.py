@@ -11,6 +11,7 @@ exit code fails the test, and their stderr is attached to the report of a failed
 """
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -47,18 +48,28 @@ POLL_TIMEOUT = 20.0
 _ports_given = set()
 
 
+# Ports handed out come from below the kernel's ephemeral range (32768-60999 on Linux): a port the
+# kernel chose for bind(0) may be taken again, between our check and the program's bind, by the
+# source port of any outgoing connection (Kafka and Redis clients open many), which once made a
+# worker fail to listen.
+PORT_RANGE = (20000, 32000)
+
+
 def free_port():
-    """A TCP port that is free right now (bind port 0 and let the kernel choose), and never one this
-    test run handed out before: the kernel may offer a just-closed port again, and one config holds
-    several ports (query port, worker metrics port) that must differ."""
-    for _ in range(100):
+    """A TCP port that is free right now, outside the ephemeral range, and never one this test run
+    handed out before (one config holds several ports that must differ)."""
+    for _ in range(1000):
+        port = random.randint(*PORT_RANGE)
+        if port in _ports_given:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _ports_given:
-            _ports_given.add(port)
-            return port
-    raise RuntimeError("no fresh free port after 100 tries")
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_given.add(port)
+        return port
+    raise RuntimeError("no free port in %d-%d after 1000 tries" % PORT_RANGE)
 
 
 def wait_until(cond, timeout=POLL_TIMEOUT, interval=0.1, what="condition"):
