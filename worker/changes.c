@@ -38,10 +38,11 @@
 #include "changes_engine.h"
 
 #include "changes.h"
+#include "hash.h"
 #include "kafka.h"
 #include "log.h"
 #include "metrics.h"
-#include "redis_topology.h"
+#include "redis_pipeline.h"
 
 #include <hiredis/hiredis.h>
 #include <stdatomic.h>
@@ -61,9 +62,6 @@
 #define RETRY_BACKOFF_MIN_MS 100
 #define RETRY_BACKOFF_MAX_MS 2000
 #define KEY_MAX 1024 /* Bytes of an index key. */
-#define NO_CONN UINT16_MAX
-#define CLUSTER_SLOTS 16384
-#define MAX_SLOT_RANGES 4096
 #define SCORE_MAX 24 /* Bytes of a decimal int64. */
 
 typedef struct ch_user {
@@ -101,17 +99,11 @@ typedef struct ch_part {
     int64_t end_offset;   /* End of the log when that was learnt (asked the broker). */
 } ch_part;
 
-typedef struct ix_conn {
-    us_redis_addr addr;
-    redisContext *ctx;
-} ix_conn;
-
-/* How the index keys of a partition find their Redis node. */
-typedef enum ix_topo {
-    IX_SHARDS,   /* One instance or client-side shards: Jump hash of "<topic>:<p>". */
-    IX_SENTINEL, /* The master the sentinels name (asked again after errors and READONLY). */
-    IX_CLUSTER,  /* The master of the keys' slot (both keys share the {<topic>:<p>} hash tag). */
-} ix_topo;
+/* One partition's users of the operation in progress: c->order[first, end). */
+typedef struct ix_group {
+    int32_t partition;
+    size_t first, end;
+} ix_group;
 
 struct us_changes {
     const us_config *cfg;
@@ -121,14 +113,12 @@ struct us_changes {
     rd_kafka_t *producer;
     _Atomic long failed; /* Deliveries failed in the current round. */
 
-    ix_conn *conns;
-    size_t nconns, cap_conns;
-    struct timeval connect_tv, io_tv;
-    ix_topo topo;
-    us_redis_addr *seeds; /* Sentinels, or cluster seed nodes. */
-    size_t nseeds;
-    int resolve_needed;  /* Ask the sentinels / read the slot map before the next pipeline. */
-    uint16_t *slot_conn; /* Cluster: connection of each slot, NO_CONN when unknown. */
+    us_topology topo; /* The index's own connections. */
+    us_pipeline pipe;
+    ix_group *groups; /* One per partition of the operation in progress. */
+    size_t ngroups;
+    char route_key[KEY_MAX];
+    char ttl[SCORE_MAX]; /* user_status.expire_interval in ms, as text. */
 
     ch_user *users;
     size_t nusers, cap_users;
@@ -148,16 +138,11 @@ struct us_changes {
     int64_t scan_backoff_ms; /* After a failed scan: wait this long (doubling) before the next. */
     int64_t next_resolve_ms; /* Earliest time to ask the broker about new partitions again. */
 
-    /* Pipeline of the operation in progress. */
-    const char **argv;
+    const char **argv; /* Scratch of one command. */
     size_t *argvlen;
     size_t cap_argv;
-    size_t *cmd_conn;
-    redisReply **replies;
-    size_t ncmds, cap_cmds;
-    char pl_err[768];
-    redisReply **held; /* Scan replies whose strings the users point into. */
-    size_t nheld;
+    char **held; /* Copies of scanned user ids, which the users point into. */
+    size_t nheld, cap_held;
 
     us_metric *m_event_changes, *m_deadline_changes, *m_errors;
     _Atomic int failing;  /* The last step failed (read by /health from another thread). */
@@ -216,294 +201,6 @@ static void *xrealloc(void *p, size_t n)
 }
 
 /* ------------------------------------------------------------------------------------------------
- * Redis connections and pipelines */
-
-static void index_key(const us_changes *c, const char *kind, int32_t partition, char *buf)
-{
-    snprintf(buf, KEY_MAX, "%s#changes:%s:{%s:%d}", c->cfg->user_status.redis_prefix, kind,
-             c->cfg->kafka.topic, (int)partition);
-}
-
-/* The connection that serves partition's keys, or NO_CONN (cluster slot not known yet). */
-static size_t conn_for_partition(const us_changes *c, int32_t partition)
-{
-    char key[KEY_MAX];
-    switch (c->topo) {
-    case IX_SENTINEL:
-        return 0;
-    case IX_CLUSTER:
-        index_key(c, "status", partition, key);
-        return c->slot_conn[us_cluster_slot(key, strlen(key))];
-    case IX_SHARDS:
-        break;
-    }
-    int n = snprintf(key, sizeof(key), "%s:%d", c->cfg->kafka.topic, (int)partition);
-    return us_shard_for_user(key, (size_t)n, c->nconns);
-}
-
-static void apply_default_auth(us_redis_addr *a, const char *user, const char *password)
-{
-    if (a->password[0] == '\0' && password[0]) {
-        snprintf(a->user, sizeof(a->user), "%s", user);
-        snprintf(a->password, sizeof(a->password), "%s", password);
-    }
-}
-
-static size_t conn_add(us_changes *c, const us_redis_addr *a)
-{
-    if (c->nconns == c->cap_conns) {
-        c->cap_conns = c->cap_conns ? c->cap_conns * 2 : 8;
-        c->conns = xrealloc(c->conns, c->cap_conns * sizeof(*c->conns));
-    }
-    memset(&c->conns[c->nconns], 0, sizeof(c->conns[0]));
-    c->conns[c->nconns].addr = *a;
-    return c->nconns++;
-}
-
-/* The connection to host:port, added (with the default credentials) when new. */
-static size_t conn_find_or_add(us_changes *c, const char *host, int port)
-{
-    for (size_t i = 0; i < c->nconns; i++)
-        if (c->conns[i].addr.port == port && strcmp(c->conns[i].addr.host, host) == 0) return i;
-    if (c->nconns == c->cap_conns) {
-        c->cap_conns = c->cap_conns ? c->cap_conns * 2 : 8;
-        c->conns = xrealloc(c->conns, c->cap_conns * sizeof(*c->conns));
-    }
-    ix_conn *k = &c->conns[c->nconns];
-    memset(k, 0, sizeof(*k));
-    snprintf(k->addr.host, sizeof(k->addr.host), "%s", host);
-    k->addr.port = port;
-    apply_default_auth(&k->addr, c->cfg->user_status.redis_user,
-                       c->cfg->user_status.redis_password);
-    return c->nconns++;
-}
-
-static void conn_close(ix_conn *k)
-{
-    if (k->ctx) redisFree(k->ctx);
-    k->ctx = NULL;
-}
-
-/* Runs a set-up command on a fresh connection. Returns 0, or -1 with c->pl_err set. */
-static int setup_command(us_changes *c, ix_conn *k, int argc, const char **argv)
-{
-    redisReply *r = redisCommandArgv(k->ctx, argc, argv, NULL);
-    int ok = r && r->type != REDIS_REPLY_ERROR;
-    if (!ok)
-        snprintf(c->pl_err, sizeof(c->pl_err), "redis %s:%d: %s failed: %s", k->addr.host,
-                 k->addr.port, argv[0], r ? r->str : k->ctx->errstr);
-    if (r) freeReplyObject(r);
-    return ok ? 0 : -1;
-}
-
-static int conn_open(us_changes *c, ix_conn *k)
-{
-    if (k->ctx && k->ctx->err == 0) return 0;
-    conn_close(k);
-    k->ctx = redisConnectWithTimeout(k->addr.host, k->addr.port, c->connect_tv);
-    if (!k->ctx || k->ctx->err) {
-        snprintf(c->pl_err, sizeof(c->pl_err), "redis %s:%d: cannot connect: %s", k->addr.host,
-                 k->addr.port, k->ctx ? k->ctx->errstr : "out of memory");
-        conn_close(k);
-        if (c->topo != IX_SHARDS) c->resolve_needed = 1;
-        return -1;
-    }
-    redisSetTimeout(k->ctx, c->io_tv);
-    if (k->addr.password[0]) {
-        const char *argv[3] = {"AUTH", k->addr.user[0] ? k->addr.user : k->addr.password,
-                               k->addr.password};
-        if (setup_command(c, k, k->addr.user[0] ? 3 : 2, argv) != 0) goto fail;
-    }
-    if (k->addr.db) {
-        char db[16];
-        snprintf(db, sizeof(db), "%d", k->addr.db);
-        const char *argv[2] = {"SELECT", db};
-        if (setup_command(c, k, 2, argv) != 0) goto fail;
-    }
-    return 0;
-fail:
-    conn_close(k);
-    return -1;
-}
-
-/* Sentinel: asks the sentinels which node is the master (conns[0]). Cluster: reads the slot map
- * from a seed or a known node. Returns 0, or -1 with c->pl_err set. */
-static int resolve(us_changes *c)
-{
-    size_t ncand = c->nseeds + (c->topo == IX_CLUSTER ? c->nconns : 0);
-    for (size_t i = 0; i < ncand; i++) {
-        ix_conn probe = {.addr = i < c->nseeds ? c->seeds[i] : c->conns[i - c->nseeds].addr};
-        if (conn_open(c, &probe) != 0) continue;
-        redisReply *r;
-        if (c->topo == IX_SENTINEL) {
-            const char *argv[3] = {"SENTINEL", "get-master-addr-by-name",
-                                   c->cfg->user_status.redis_sentinel_master_name};
-            r = redisCommandArgv(probe.ctx, 3, argv, NULL);
-            int ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-                     r->element[0]->type == REDIS_REPLY_STRING &&
-                     r->element[1]->type == REDIS_REPLY_STRING;
-            if (ok) {
-                ix_conn *m = &c->conns[0];
-                int port = atoi(r->element[1]->str);
-                if (m->addr.port != port || strcmp(m->addr.host, r->element[0]->str) != 0) {
-                    conn_close(m);
-                    snprintf(m->addr.host, sizeof(m->addr.host), "%s", r->element[0]->str);
-                    m->addr.port = port;
-                }
-            } else {
-                snprintf(c->pl_err, sizeof(c->pl_err), "sentinel %s:%d: no master '%s'",
-                         probe.addr.host, probe.addr.port,
-                         c->cfg->user_status.redis_sentinel_master_name);
-            }
-            if (r) freeReplyObject(r);
-            conn_close(&probe);
-            if (ok) {
-                c->pl_err[0] = '\0'; /* Sentinels that failed before do not matter now. */
-                return 0;
-            }
-            continue;
-        }
-        static us_slot_range ranges[MAX_SLOT_RANGES]; /* Big; one engine per process. */
-        const char *argv[2] = {"CLUSTER", "SLOTS"};
-        r = redisCommandArgv(probe.ctx, 2, argv, NULL);
-        int n = r ? us_cluster_parse_slots(r, ranges, MAX_SLOT_RANGES) : -1;
-        if (r) freeReplyObject(r);
-        conn_close(&probe);
-        if (n <= 0) {
-            snprintf(c->pl_err, sizeof(c->pl_err), "redis %s:%d: no usable CLUSTER SLOTS reply",
-                     probe.addr.host, probe.addr.port);
-            continue;
-        }
-        for (size_t slot = 0; slot < CLUSTER_SLOTS; slot++) c->slot_conn[slot] = NO_CONN;
-        for (int j = 0; j < n; j++) {
-            size_t k = conn_find_or_add(c, ranges[j].host, ranges[j].port);
-            for (unsigned slot = ranges[j].first; slot <= ranges[j].last; slot++)
-                c->slot_conn[slot] = (uint16_t)k;
-        }
-        c->pl_err[0] = '\0';
-        return 0;
-    }
-    if (!c->pl_err[0])
-        snprintf(c->pl_err, sizeof(c->pl_err), "no %s answered",
-                 c->topo == IX_SENTINEL ? "sentinel" : "cluster node");
-    return -1;
-}
-
-static void pl_reset(us_changes *c)
-{
-    for (size_t i = 0; i < c->ncmds; i++)
-        if (c->replies[i]) freeReplyObject(c->replies[i]);
-    c->ncmds = 0;
-    c->pl_err[0] = '\0';
-}
-
-/* Makes room for one command of up to argc arguments in the argv scratch. */
-static void pl_reserve_argv(us_changes *c, size_t argc)
-{
-    if (argc <= c->cap_argv) return;
-    c->cap_argv = argc * 2;
-    c->argv = xrealloc(c->argv, c->cap_argv * sizeof(*c->argv));
-    c->argvlen = xrealloc(c->argvlen, c->cap_argv * sizeof(*c->argvlen));
-}
-
-/* Appends the command in c->argv[0..argc) to connection k (one already used by this pipeline). */
-static void pl_cmd_conn(us_changes *c, size_t k, size_t argc)
-{
-    if (c->ncmds == c->cap_cmds) {
-        c->cap_cmds = c->cap_cmds * 2;
-        c->cmd_conn = xrealloc(c->cmd_conn, c->cap_cmds * sizeof(*c->cmd_conn));
-        c->replies = xrealloc(c->replies, c->cap_cmds * sizeof(*c->replies));
-    }
-    size_t i = c->ncmds++;
-    c->cmd_conn[i] = k;
-    c->replies[i] = NULL;
-    if (c->pl_err[0]) return;
-    if (redisAppendCommandArgv(c->conns[k].ctx, (int)argc, c->argv, c->argvlen) != REDIS_OK)
-        snprintf(c->pl_err, sizeof(c->pl_err), "redis %s:%d: %s", c->conns[k].addr.host,
-                 c->conns[k].addr.port, c->conns[k].ctx->errstr);
-}
-
-/* Appends the command in c->argv[0..argc) to the connection of partition. A connection that cannot
- * be opened makes the whole pipeline fail in pl_run. */
-static void pl_cmd(us_changes *c, int32_t partition, size_t argc)
-{
-    if (c->ncmds == c->cap_cmds) {
-        c->cap_cmds = c->cap_cmds ? c->cap_cmds * 2 : 64;
-        c->cmd_conn = xrealloc(c->cmd_conn, c->cap_cmds * sizeof(*c->cmd_conn));
-        c->replies = xrealloc(c->replies, c->cap_cmds * sizeof(*c->replies));
-    }
-    size_t i = c->ncmds++;
-    c->cmd_conn[i] = NO_CONN;
-    c->replies[i] = NULL;
-    if (c->pl_err[0]) return;
-    if (c->resolve_needed) {
-        if (resolve(c) != 0) return;
-        c->resolve_needed = 0;
-    }
-    size_t k = conn_for_partition(c, partition);
-    if (k == NO_CONN) {
-        snprintf(c->pl_err, sizeof(c->pl_err), "no cluster node serves partition %d's slot",
-                 (int)partition);
-        c->resolve_needed = 1;
-        return;
-    }
-    c->cmd_conn[i] = k;
-    if (conn_open(c, &c->conns[k]) != 0) return;
-    if (redisAppendCommandArgv(c->conns[k].ctx, (int)argc, c->argv, c->argvlen) != REDIS_OK)
-        snprintf(c->pl_err, sizeof(c->pl_err), "redis %s:%d: %s", c->conns[k].addr.host,
-                 c->conns[k].addr.port, c->conns[k].ctx->errstr);
-}
-
-/* Sends every appended command and reads every reply into c->replies (in append order). Returns
- * 0, or -1 with err set (connection error, or an error reply); connections that failed are closed
- * and reopened by the next pipeline. */
-static int pl_run(us_changes *c, char *err, size_t errlen)
-{
-    for (size_t k = 0; k < c->nconns && !c->pl_err[0]; k++) {
-        ix_conn *conn = &c->conns[k];
-        if (!conn->ctx) continue;
-        int done = 0;
-        while (!done)
-            if (redisBufferWrite(conn->ctx, &done) != REDIS_OK) {
-                snprintf(c->pl_err, sizeof(c->pl_err), "redis %s:%d: %s", conn->addr.host,
-                         conn->addr.port, conn->ctx->errstr);
-                break;
-            }
-    }
-    int io_error = c->pl_err[0] != '\0';
-    for (size_t i = 0; i < c->ncmds && !io_error; i++) {
-        ix_conn *conn = &c->conns[c->cmd_conn[i]];
-        void *r = NULL;
-        if (redisGetReply(conn->ctx, &r) != REDIS_OK || !r) {
-            snprintf(c->pl_err, sizeof(c->pl_err), "redis %s:%d: %s", conn->addr.host,
-                     conn->addr.port, conn->ctx->errstr);
-            io_error = 1;
-            break;
-        }
-        c->replies[i] = r;
-        if (c->replies[i]->type != REDIS_REPLY_ERROR) continue;
-        /* An error reply: keep reading (the connection stays in step); a redirect or a replica
-         * means the topology changed under us. */
-        const char *e = c->replies[i]->str;
-        if (strncmp(e, "MOVED ", 6) == 0 || strncmp(e, "ASK ", 4) == 0 ||
-            strncmp(e, "READONLY", 8) == 0 || strncmp(e, "CLUSTERDOWN", 11) == 0)
-            c->resolve_needed = c->topo != IX_SHARDS;
-        if (!c->pl_err[0])
-            snprintf(c->pl_err, sizeof(c->pl_err), "redis %s:%d: %s", conn->addr.host,
-                     conn->addr.port, e);
-    }
-    if (!c->pl_err[0]) return 0;
-    snprintf(err, errlen, "%s", c->pl_err);
-    if (io_error) {
-        /* Replies still unread would pair with the next pipeline's commands. */
-        for (size_t k = 0; k < c->nconns; k++) conn_close(&c->conns[k]);
-        if (c->topo != IX_SHARDS) c->resolve_needed = 1;
-    }
-    pl_reset(c);
-    return -1;
-}
-
-/* ------------------------------------------------------------------------------------------------
  * Users of the operation in progress */
 
 static void users_reset(us_changes *c)
@@ -556,151 +253,182 @@ static void order_users(us_changes *c)
     qsort(c->order, c->nusers, sizeof(*c->order), by_partition);
 }
 
-/* Reads the index entries of every user (HMGET per partition). Returns 0 or -1 with err. */
-static int read_index(us_changes *c, char *err, size_t errlen)
+/* ------------------------------------------------------------------------------------------------
+ * Index keys */
+
+static void index_key(const us_changes *c, const char *kind, int32_t partition, char *buf)
 {
-    char key[KEY_MAX];
-    pl_reset(c);
-    pl_reserve_argv(c, c->nusers + 2);
-    for (size_t i = 0; i < c->nusers;) {
-        int32_t p = c->users[c->order[i]].partition;
-        size_t j = i, argc = 2;
-        index_key(c, "status", p, key);
-        c->argv[0] = "HMGET";
-        c->argvlen[0] = 5;
-        c->argv[1] = key;
-        c->argvlen[1] = strlen(key);
-        for (; j < c->nusers && c->users[c->order[j]].partition == p; j++, argc++) {
-            c->argv[argc] = c->users[c->order[j]].id;
-            c->argvlen[argc] = c->users[c->order[j]].len;
-        }
-        pl_cmd(c, p, argc);
-        i = j;
-    }
-    if (pl_run(c, err, errlen) != 0) return -1;
-    size_t cmd = 0;
-    for (size_t i = 0; i < c->nusers; cmd++) {
-        int32_t p = c->users[c->order[i]].partition;
-        redisReply *r = c->replies[cmd];
-        for (size_t k = 0; i < c->nusers && c->users[c->order[i]].partition == p; i++, k++) {
-            ch_user *u = &c->users[c->order[i]];
-            us_presence_init(&u->p);
-            u->known = 0;
-            if (r->type != REDIS_REPLY_ARRAY || k >= r->elements) continue;
-            redisReply *e = r->element[k];
-            if (e->type != REDIS_REPLY_STRING) continue;
-            u->known = 1;
-            if (us_presence_parse(e->str, e->len, &u->p) != 0) {
-                us_warn("status changes: index entry of user '%.*s' in partition %d is "
-                        "malformed ('%.*s'); starting over from offline",
-                        (int)u->len, u->id, (int)p, (int)e->len, e->str);
-                us_presence_init(&u->p);
-            }
-        }
-    }
-    pl_reset(c);
-    return 0;
+    snprintf(buf, KEY_MAX, "%s#changes:%s:{%s:%d}", c->cfg->user_status.redis_prefix, kind,
+             c->cfg->kafka.topic, (int)partition);
 }
 
-/* Writes every user's presence and deadline (or removes users that are done), per partition:
- * HSET + ZADD + PEXPIRE, HDEL + ZREM. Returns 0 or -1 with err. */
-static int write_index(us_changes *c, char *err, size_t errlen)
+/* ------------------------------------------------------------------------------------------------
+ * The index's Redis operations: one item per partition, run by the shared pipeline executor
+ * (common/redis_pipeline.c) over the engine's own topology (its own connections: the engine runs
+ * on the consumer's thread, between the store's operations). */
+
+/* Makes room for one command of up to argc arguments in the argv scratch. */
+static void reserve_argv(us_changes *c, size_t argc)
 {
-    char skey[KEY_MAX], dkey[KEY_MAX], ttl[SCORE_MAX];
-    snprintf(ttl, sizeof(ttl), "%lld", (long long)c->cfg->user_status.expire_interval_ms);
-    pl_reset(c);
-    pl_reserve_argv(c, 2 * c->nusers + 2);
+    if (argc <= c->cap_argv) return;
+    c->cap_argv = argc * 2;
+    c->argv = xrealloc(c->argv, c->cap_argv * sizeof(*c->argv));
+    c->argvlen = xrealloc(c->argvlen, c->cap_argv * sizeof(*c->argvlen));
+}
+
+static void set_arg(us_changes *c, size_t i, const char *s, size_t len)
+{
+    c->argv[i] = s;
+    c->argvlen[i] = len;
+}
+
+/* Groups c->order (sorted by partition) into one item per partition. */
+static void group_by_partition(us_changes *c)
+{
+    c->ngroups = 0;
     for (size_t i = 0; i < c->nusers;) {
         int32_t p = c->users[c->order[i]].partition;
         size_t end = i;
         while (end < c->nusers && c->users[c->order[end]].partition == p) end++;
-        index_key(c, "status", p, skey);
-        index_key(c, "deadlines", p, dkey);
-        size_t nset = 0, ndel = 0;
-        for (size_t j = i; j < end; j++) {
-            ch_user *u = &c->users[c->order[j]];
-            u->deadline = us_presence_deadline(&c->rules, &u->p, u->evaluated);
-            if (u->deadline != US_PRESENCE_NONE) {
-                nset++;
-                us_presence_format(&u->p, u->text, sizeof(u->text));
-                snprintf(u->score, sizeof(u->score), "%lld", (long long)u->deadline);
-            } else if (u->known) {
-                ndel++;
-            }
-        }
-        /* Each command reuses the argv scratch: hiredis formats it when it is appended. */
-        static const char *const verbs[4] = {"HSET", "ZADD", "HDEL", "ZREM"};
-        for (int v = 0; v < 4; v++) {
-            int set = v < 2;
-            if ((set ? nset : ndel) == 0) continue;
-            size_t argc = 2;
-            c->argv[0] = verbs[v];
-            c->argvlen[0] = 4;
-            c->argv[1] = v % 2 == 0 ? skey : dkey;
-            c->argvlen[1] = strlen(c->argv[1]);
-            for (size_t j = i; j < end; j++) {
-                ch_user *u = &c->users[c->order[j]];
-                if (set != (u->deadline != US_PRESENCE_NONE) || (!set && !u->known)) continue;
-                if (v == 1) { /* ZADD key score member */
-                    c->argv[argc] = u->score;
-                    c->argvlen[argc++] = strlen(u->score);
-                }
-                c->argv[argc] = u->id;
-                c->argvlen[argc++] = u->len;
-                if (v == 0) { /* HSET key field value */
-                    c->argv[argc] = u->text;
-                    c->argvlen[argc++] = strlen(u->text);
-                }
-            }
-            pl_cmd(c, p, argc);
-        }
-        if (nset) {
-            for (int k = 0; k < 2; k++) {
-                c->argv[0] = "PEXPIRE";
-                c->argvlen[0] = 7;
-                c->argv[1] = k ? dkey : skey;
-                c->argvlen[1] = strlen(c->argv[1]);
-                c->argv[2] = ttl;
-                c->argvlen[2] = strlen(ttl);
-                pl_cmd(c, p, 3);
-            }
-        }
+        c->groups[c->ngroups++] = (ix_group){p, i, end};
         i = end;
     }
-    if (c->ncmds == 0) return 0;
-    /* With user_status.redis_wait_replicas, the index is as durable as the status store: WAIT
-     * on every node written (a failover must not lose deadlines). */
-    size_t nwrites = c->ncmds;
-    int replicas = c->cfg->user_status.redis_wait_replicas;
-    if (replicas > 0) {
-        char n[16], timeout[SCORE_MAX];
-        snprintf(n, sizeof(n), "%d", replicas);
-        snprintf(timeout, sizeof(timeout), "%lld",
-                 (long long)c->cfg->user_status.redis_wait_timeout_ms);
-        for (size_t k = 0; k < c->nconns; k++) {
-            int used = 0;
-            for (size_t i = 0; i < nwrites && !used; i++) used = c->cmd_conn[i] == k;
-            if (!used) continue;
-            c->argv[0] = "WAIT";
-            c->argvlen[0] = 4;
-            c->argv[1] = n;
-            c->argvlen[1] = strlen(n);
-            c->argv[2] = timeout;
-            c->argvlen[2] = strlen(timeout);
-            pl_cmd_conn(c, k, 3);
+}
+
+/* The index keys of partition p live on the client-side shard of "<topic>:<p>" and in the slot of
+ * the {<topic>:<p>} hash tag they share. */
+static void route_partition(us_changes *c, int32_t p, size_t *shard, const char **key,
+                            size_t *klen)
+{
+    char name[KEY_MAX];
+    int n = snprintf(name, sizeof(name), "%s:%d", c->cfg->kafka.topic, (int)p);
+    *shard = us_shard_for_user(name, (size_t)n, c->topo.nshards);
+    index_key(c, "status", p, c->route_key);
+    *key = c->route_key;
+    *klen = strlen(c->route_key);
+}
+
+static void ix_route(void *arg, size_t i, size_t *shard, const char **key, size_t *klen)
+{
+    us_changes *c = arg;
+    route_partition(c, c->groups[i].partition, shard, key, klen);
+}
+
+static int run_op(us_changes *c, void (*append)(void *, size_t, us_pipe_sink *),
+                  void (*consume)(void *, size_t, redisReply **, size_t), char *err,
+                  size_t errlen)
+{
+    us_pipe_op op = {c->ngroups, c, ix_route, append, consume, NULL};
+    return us_pipeline_run(&c->pipe, &op, err, errlen);
+}
+
+/* HMGET <status> users... */
+static void read_append(void *arg, size_t gi, us_pipe_sink *s)
+{
+    us_changes *c = arg;
+    const ix_group *g = &c->groups[gi];
+    char key[KEY_MAX];
+    index_key(c, "status", g->partition, key);
+    size_t argc = 0;
+    set_arg(c, argc++, "HMGET", 5);
+    set_arg(c, argc++, key, strlen(key));
+    for (size_t j = g->first; j < g->end; j++)
+        set_arg(c, argc++, c->users[c->order[j]].id, c->users[c->order[j]].len);
+    us_pipe_cmd(s, (int)argc, c->argv, c->argvlen);
+}
+
+static void read_consume(void *arg, size_t gi, redisReply **replies, size_t nreplies)
+{
+    us_changes *c = arg;
+    const ix_group *g = &c->groups[gi];
+    const redisReply *r = nreplies == 1 ? replies[0] : NULL;
+    for (size_t j = g->first; j < g->end; j++) {
+        ch_user *u = &c->users[c->order[j]];
+        size_t k = j - g->first;
+        if (!r || r->type != REDIS_REPLY_ARRAY || k >= r->elements) continue;
+        const redisReply *e = r->element[k];
+        if (e->type != REDIS_REPLY_STRING) continue;
+        u->known = 1;
+        if (us_presence_parse(e->str, e->len, &u->p) != 0) {
+            us_warn("status changes: index entry of user '%.*s' in partition %d is malformed "
+                    "('%.*s'); starting over from offline",
+                    (int)u->len, u->id, (int)g->partition, (int)e->len, e->str);
+            us_presence_init(&u->p);
         }
     }
-    if (pl_run(c, err, errlen) != 0) return -1;
-    for (size_t i = nwrites; i < c->ncmds; i++) {
-        if (c->replies[i]->type == REDIS_REPLY_INTEGER && c->replies[i]->integer >= replicas)
-            continue;
-        snprintf(err, errlen, "redis %s:%d: WAIT %d: only %lld replica(s) acknowledged",
-                 c->conns[c->cmd_conn[i]].addr.host, c->conns[c->cmd_conn[i]].addr.port,
-                 replicas, (long long)c->replies[i]->integer);
-        pl_reset(c);
-        return -1;
+}
+
+/* Reads the index entries of every user (HMGET per partition). Returns 0 or -1 with err. */
+static int read_index(us_changes *c, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < c->nusers; i++) {
+        us_presence_init(&c->users[i].p);
+        c->users[i].known = 0;
     }
-    pl_reset(c);
+    reserve_argv(c, c->nusers + 2);
+    group_by_partition(c);
+    return run_op(c, read_append, read_consume, err, errlen);
+}
+
+/* HSET + ZADD of the users with a deadline, HDEL + ZREM of the known ones without, PEXPIRE of both
+ * keys when anything was set. Appending is repeatable (a redirect sends the item again). */
+static void write_append(void *arg, size_t gi, us_pipe_sink *s)
+{
+    us_changes *c = arg;
+    const ix_group *g = &c->groups[gi];
+    char skey[KEY_MAX], dkey[KEY_MAX];
+    index_key(c, "status", g->partition, skey);
+    index_key(c, "deadlines", g->partition, dkey);
+    static const char *const verbs[4] = {"HSET", "ZADD", "HDEL", "ZREM"};
+    int any_set = 0;
+    for (int v = 0; v < 4; v++) {
+        int set = v < 2;
+        size_t argc = 0;
+        set_arg(c, argc++, verbs[v], 4);
+        set_arg(c, argc++, v % 2 == 0 ? skey : dkey, strlen(v % 2 == 0 ? skey : dkey));
+        for (size_t j = g->first; j < g->end; j++) {
+            const ch_user *u = &c->users[c->order[j]];
+            if (set != (u->deadline != US_PRESENCE_NONE) || (!set && !u->known)) continue;
+            if (v == 1) set_arg(c, argc++, u->score, strlen(u->score)); /* ZADD key score member */
+            set_arg(c, argc++, u->id, u->len);
+            if (v == 0) set_arg(c, argc++, u->text, strlen(u->text)); /* HSET key field value */
+        }
+        if (argc == 2) continue;
+        any_set |= set;
+        us_pipe_cmd(s, (int)argc, c->argv, c->argvlen);
+    }
+    for (int k = 0; any_set && k < 2; k++) {
+        const char *argv[3] = {"PEXPIRE", k ? dkey : skey, c->ttl};
+        size_t lens[3] = {7, strlen(argv[1]), strlen(c->ttl)};
+        us_pipe_cmd(s, 3, argv, lens);
+    }
+}
+
+/* Writes every user's presence and deadline (or removes users that are done), per partition.
+ * Returns 0 or -1 with err. */
+static int write_index(us_changes *c, char *err, size_t errlen)
+{
+    int any = 0;
+    for (size_t i = 0; i < c->nusers; i++) {
+        ch_user *u = &c->users[i];
+        u->deadline = us_presence_deadline(&c->rules, &u->p, u->evaluated);
+        if (u->deadline != US_PRESENCE_NONE) {
+            us_presence_format(&u->p, u->text, sizeof(u->text));
+            snprintf(u->score, sizeof(u->score), "%lld", (long long)u->deadline);
+        }
+        any |= u->deadline != US_PRESENCE_NONE || u->known;
+    }
+    if (!any) return 0;
+    reserve_argv(c, 2 * c->nusers + 2);
+    group_by_partition(c);
+    if (run_op(c, write_append, NULL, err, errlen) != 0) return -1;
+    /* With user_status.redis_wait_replicas, the index is as durable as the status store: WAIT
+     * on every node written (a failover must not lose deadlines). */
+    int replicas = c->cfg->user_status.redis_wait_replicas;
+    if (replicas > 0 &&
+        us_pipeline_wait_replicas(&c->pipe, replicas, c->cfg->user_status.redis_wait_timeout_ms,
+                                  err, errlen) != 0)
+        return -1;
     for (size_t i = 0; i < c->nusers; i++)
         c->users[i].known = c->users[i].deadline != US_PRESENCE_NONE;
     return 0;
@@ -1006,8 +734,63 @@ static void scan_failed(us_changes *c, const char *what, const char *err)
 
 static void hold_free(us_changes *c)
 {
-    for (size_t i = 0; i < c->nheld; i++) freeReplyObject(c->held[i]);
+    for (size_t i = 0; i < c->nheld; i++) free(c->held[i]);
     c->nheld = 0;
+}
+
+/* A scan item: partition p's due users, up to its limit. */
+typedef struct scan_item {
+    int32_t partition;
+    int64_t limit;
+} scan_item;
+
+typedef struct scan_ctx {
+    us_changes *c;
+    scan_item items[SCAN_MAX_PARTITIONS];
+} scan_ctx;
+
+static void scan_route(void *arg, size_t i, size_t *shard, const char **key, size_t *klen)
+{
+    scan_ctx *s = arg;
+    route_partition(s->c, s->items[i].partition, shard, key, klen);
+}
+
+/* ZRANGEBYSCORE <deadlines> -inf <limit> LIMIT 0 SCAN_MAX_PER_PARTITION */
+static void scan_append(void *arg, size_t i, us_pipe_sink *sink)
+{
+    scan_ctx *s = arg;
+    char dkey[KEY_MAX], limit[SCORE_MAX], count[SCORE_MAX];
+    index_key(s->c, "deadlines", s->items[i].partition, dkey);
+    snprintf(limit, sizeof(limit), "%lld", (long long)s->items[i].limit);
+    snprintf(count, sizeof(count), "%d", SCAN_MAX_PER_PARTITION);
+    const char *argv[7] = {"ZRANGEBYSCORE", dkey, "-inf", limit, "LIMIT", "0", count};
+    size_t lens[7];
+    for (int a = 0; a < 7; a++) lens[a] = strlen(argv[a]);
+    us_pipe_cmd(sink, 7, argv, lens);
+}
+
+/* Adds the due users of item i; their ids are copied (the reply goes when this returns). */
+static void scan_consume(void *arg, size_t i, redisReply **replies, size_t nreplies)
+{
+    scan_ctx *s = arg;
+    us_changes *c = s->c;
+    const redisReply *r = nreplies == 1 ? replies[0] : NULL;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements == 0) return;
+    size_t bytes = 0;
+    for (size_t j = 0; j < r->elements; j++) bytes += r->element[j]->len;
+    if (c->nheld == c->cap_held) {
+        c->cap_held = c->cap_held ? c->cap_held * 2 : SCAN_MAX_PARTITIONS;
+        c->held = xrealloc(c->held, c->cap_held * sizeof(*c->held));
+    }
+    char *ids = c->held[c->nheld++] = xrealloc(NULL, bytes);
+    for (size_t j = 0; j < r->elements; j++) {
+        const redisReply *e = r->element[j];
+        if (e->type != REDIS_REPLY_STRING || c->nusers == c->cap_users) continue;
+        memcpy(ids, e->str, e->len);
+        uint32_t u = user_find_or_add(c, ids, e->len, s->items[i].partition);
+        c->users[u].limit = s->items[i].limit;
+        ids += e->len;
+    }
 }
 
 void us_changes_tick(us_changes *c, us_redis *store)
@@ -1018,47 +801,25 @@ void us_changes_tick(us_changes *c, us_redis *store)
     c->next_scan_ms = now + CHANGES_SCAN_INTERVAL_MS;
     resolve_starts(c);
 
-    char err[1024], dkey[KEY_MAX], limit_text[SCORE_MAX], count[SCORE_MAX];
-    int64_t limits[SCAN_MAX_PARTITIONS];
-    int32_t scanned[SCAN_MAX_PARTITIONS];
+    char err[1024];
+    scan_ctx sc = {.c = c};
     size_t nscan = 0;
     users_reset(c);
-    pl_reset(c);
-    pl_reserve_argv(c, 8);
-    snprintf(count, sizeof(count), "%d", SCAN_MAX_PER_PARTITION);
     for (size_t k = 0; k < c->nparts && nscan < SCAN_MAX_PARTITIONS; k++) {
         const ch_part *p = &c->parts[(c->scan_cursor + k) % c->nparts];
         int64_t limit = scan_limit(c, p, now);
         if (limit == US_PRESENCE_NONE) continue;
-        index_key(c, "deadlines", p->partition, dkey);
-        snprintf(limit_text, sizeof(limit_text), "%lld", (long long)limit);
-        const char *argv[7] = {"ZRANGEBYSCORE", dkey, "-inf", limit_text, "LIMIT", "0", count};
-        for (int a = 0; a < 7; a++) {
-            c->argv[a] = argv[a];
-            c->argvlen[a] = strlen(argv[a]);
-        }
-        pl_cmd(c, p->partition, 7);
-        limits[nscan] = limit;
-        scanned[nscan++] = p->partition;
+        sc.items[nscan++] = (scan_item){p->partition, limit};
     }
     c->scan_cursor = c->nparts ? (c->scan_cursor + nscan) % c->nparts : 0;
     if (nscan == 0) return;
-    if (pl_run(c, err, sizeof(err)) != 0) {
+    us_pipe_op op = {nscan, &sc, scan_route, scan_append, scan_consume, NULL};
+    if (us_pipeline_run(&c->pipe, &op, err, sizeof(err)) != 0) {
+        users_reset(c);
+        hold_free(c);
         scan_failed(c, "scanning deadlines", err);
         return;
     }
-    /* The users point into the replies: keep them until the scan is done. */
-    c->held = xrealloc(c->held, nscan * sizeof(*c->held));
-    for (size_t i = 0; i < nscan; i++) {
-        redisReply *r = c->held[c->nheld++] = c->replies[i];
-        c->replies[i] = NULL;
-        for (size_t j = 0; r->type == REDIS_REPLY_ARRAY && j < r->elements; j++) {
-            if (r->element[j]->type != REDIS_REPLY_STRING || c->nusers == c->cap_users) continue;
-            uint32_t u = user_find_or_add(c, r->element[j]->str, r->element[j]->len, scanned[i]);
-            c->users[u].limit = limits[i];
-        }
-    }
-    pl_reset(c);
     if (c->nusers == 0) {
         steps_succeeded(c);
         c->scan_backoff_ms = 0;
@@ -1090,12 +851,6 @@ int us_changes_ensure_topic(us_changes *c, int timeout_ms, char *err, size_t err
     return us_kafka_ensure_changes_topic(c->producer, c->cfg, timeout_ms, err, errlen);
 }
 
-static struct timeval ms_to_tv(int64_t ms)
-{
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
-    return tv;
-}
-
 us_changes *us_changes_new(const us_config *cfg, rd_kafka_t *consumer,
                            volatile sig_atomic_t *stop, char *err, size_t errlen)
 {
@@ -1111,50 +866,9 @@ us_changes *us_changes_new(const us_config *cfg, rd_kafka_t *consumer,
     c->stop = stop;
     c->rules.offline_after_ms = cfg->changes.offline_after_ms;
     c->rules.away_after_ms = cfg->changes.away_after_ms;
-    c->connect_tv = ms_to_tv(cfg->user_status.redis_connect_timeout_ms);
-    c->io_tv = ms_to_tv(cfg->user_status.redis_io_timeout_ms);
-
-    const us_strlist *seeds = NULL;
-    if (cfg->user_status.redis_sentinel_address.count > 0) {
-        c->topo = IX_SENTINEL;
-        seeds = &cfg->user_status.redis_sentinel_address;
-    } else if (cfg->user_status.redis_cluster_address.count > 0) {
-        c->topo = IX_CLUSTER;
-        seeds = &cfg->user_status.redis_cluster_address;
-        c->slot_conn = malloc(CLUSTER_SLOTS * sizeof(*c->slot_conn));
-        if (!c->slot_conn) {
-            snprintf(err, errlen, "status changes: out of memory");
-            goto fail;
-        }
-        for (size_t slot = 0; slot < CLUSTER_SLOTS; slot++) c->slot_conn[slot] = NO_CONN;
-    }
-    if (seeds) {
-        c->resolve_needed = 1;
-        c->nseeds = seeds->count;
-        c->seeds = calloc(c->nseeds, sizeof(*c->seeds));
-        for (size_t i = 0; c->seeds && i < c->nseeds; i++) {
-            if (us_redis_addr_parse(seeds->items[i], &c->seeds[i], err, errlen) != 0) goto fail;
-            if (c->topo == IX_SENTINEL)
-                apply_default_auth(&c->seeds[i], cfg->user_status.redis_sentinel_user,
-                                   cfg->user_status.redis_sentinel_password);
-            else
-                apply_default_auth(&c->seeds[i], cfg->user_status.redis_user,
-                                   cfg->user_status.redis_password);
-        }
-        if (!c->seeds) {
-            snprintf(err, errlen, "status changes: out of memory");
-            goto fail;
-        }
-        if (c->topo == IX_SENTINEL) conn_find_or_add(c, "", 0); /* The master, once resolved. */
-    } else {
-        const us_strlist *addrs = us_config_redis_addresses(cfg);
-        for (size_t i = 0; i < addrs->count; i++) {
-            us_redis_addr a;
-            if (us_redis_addr_parse(addrs->items[i], &a, err, errlen) != 0) goto fail;
-            apply_default_auth(&a, cfg->user_status.redis_user, cfg->user_status.redis_password);
-            conn_add(c, &a); /* One per shard, even two databases of one server. */
-        }
-    }
+    snprintf(c->ttl, sizeof(c->ttl), "%lld", (long long)cfg->user_status.expire_interval_ms);
+    if (us_topology_init(&c->topo, cfg, err, errlen) != 0) goto fail;
+    c->pipe.topo = &c->topo;
     size_t batch = (size_t)cfg->worker.batch_size;
     size_t scan = (size_t)SCAN_MAX_PER_PARTITION * SCAN_MAX_PARTITIONS;
     c->cap_users = batch > scan ? batch : scan;
@@ -1167,8 +881,9 @@ us_changes *us_changes_new(const us_config *cfg, rd_kafka_t *consumer,
     c->refs = calloc(c->cap_users, sizeof(*c->refs));
     c->statuses = calloc(c->cap_users, sizeof(*c->statuses));
     c->order = calloc(c->cap_users, sizeof(*c->order));
-    if (!c->users || !c->slots || !c->events || !c->refs || !c->statuses ||
-        !c->order) {
+    c->groups = calloc(c->cap_users, sizeof(*c->groups));
+    if (!c->users || !c->slots || !c->events || !c->refs || !c->statuses || !c->order ||
+        !c->groups) {
         snprintf(err, errlen, "status changes: out of memory for %zu users", c->cap_users);
         goto fail;
     }
@@ -1209,12 +924,9 @@ void us_changes_free(us_changes *c)
         rd_kafka_flush(c->producer, FLUSH_SLICE_MS);
         rd_kafka_destroy(c->producer);
     }
-    pl_reset(c);
     hold_free(c);
-    for (size_t i = 0; c->conns && i < c->nconns; i++) conn_close(&c->conns[i]);
-    free(c->conns);
-    free(c->seeds);
-    free(c->slot_conn);
+    us_pipeline_release(&c->pipe);
+    us_topology_release(&c->topo);
     free(c->users);
     free(c->slots);
     free(c->events);
@@ -1225,8 +937,7 @@ void us_changes_free(us_changes *c)
     free(c->parts);
     free(c->argv);
     free(c->argvlen);
-    free(c->cmd_conn);
-    free(c->replies);
+    free(c->groups);
     free(c->held);
     free(c);
 }
