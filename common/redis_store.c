@@ -8,9 +8,12 @@
 #include "redis_pipeline.h"
 #include "redis_topology.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define REFUSED_LOG_INTERVAL_NS 10000000000LL /* Log refused reads at most every 10 s. */
 
 struct us_redis {
     us_topology topo;
@@ -28,7 +31,8 @@ static const us_status_model_ops *const models[] = {&us_status_buckets, &us_stat
 /* Upper bounds of the round-trip buckets. Seconds. */
 static const double ROUNDTRIP_BOUNDS[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
                                           0.025,  0.05,    0.1,    0.25,  0.5,    1,     2.5};
-static us_metric *m_write_rt, *m_read_rt;
+static us_metric *m_write_rt, *m_read_rt, *m_refused_reads;
+static _Atomic int64_t refused_logged_ns; /* When a refused read was last logged. */
 
 void us_redis_metrics_register(void)
 {
@@ -42,6 +46,9 @@ void us_redis_metrics_register(void)
                                      ROUNDTRIP_BOUNDS, nb);
     m_read_rt = us_metric_histogram("userstatus_redis_roundtrip_seconds{role=\"read\"}", help,
                                     ROUNDTRIP_BOUNDS, nb);
+    m_refused_reads = us_metric_counter("userstatus_redis_refused_reads_total",
+                                        "Users read as absent because Redis refused their keys "
+                                        "(e.g. WRONGTYPE: something else wrote a key of ours).");
 }
 
 /* Observes the time since t0_ns into m (NULL before registration: tests, benches). */
@@ -111,11 +118,22 @@ int us_redis_get(us_redis *r, const us_user_ref *users, size_t n, us_status *out
     int64_t t0 = us_monotonic_ns();
     int rc = r->ops->get(r->model, &r->pipe, users, n, out, err, errlen);
     observe_since(m_read_rt, t0);
-    if (rc == 0) return 0;
-    /* A pooled connection may have been closed by the server while idle, or the topology changed:
-     * retry once on fresh connections (reads are idempotent). */
-    us_debug("retrying read after: %s", err);
-    return r->ops->get(r->model, &r->pipe, users, n, out, err, errlen);
+    if (rc < 0) {
+        /* A pooled connection may have been closed by the server while idle, or the topology
+         * changed: retry once on fresh connections (reads are idempotent). */
+        us_debug("retrying read after: %s", err);
+        rc = r->ops->get(r->model, &r->pipe, users, n, out, err, errlen);
+    }
+    if (rc <= 0) return rc;
+    /* Keys of ours that Redis refuses: their users read as absent, as the worker (which sends
+     * their events to the dead-letter topic) never stored them; the operator is told, at most
+     * every REFUSED_LOG_INTERVAL_NS. */
+    if (m_refused_reads) us_metric_add(m_refused_reads, rc);
+    int64_t now = us_monotonic_ns(), last = atomic_load(&refused_logged_ns);
+    if ((last == 0 || now - last >= REFUSED_LOG_INTERVAL_NS) &&
+        atomic_compare_exchange_strong(&refused_logged_ns, &last, now))
+        us_warn("read %d user(s) as absent: Redis refused their keys: %s", rc, err);
+    return 0;
 }
 
 int us_redis_ping(us_redis *r, char *err, size_t errlen)

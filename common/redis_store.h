@@ -38,7 +38,9 @@ int us_redis_apply(us_redis *r, const us_user_update *updates, size_t n, uint8_t
                    char *err, size_t errlen);
 
 /* Reads the statuses of n users into out[0..n) (same order), one pipelined round trip per node.
- * Returns 0, or -1 with err set when a node failed (a broken connection is retried once). */
+ * Users whose keys Redis refuses (WRONGTYPE: something else wrote a key of ours) read as absent,
+ * counted in userstatus_redis_refused_reads_total. Returns 0, or -1 with err set when a node
+ * failed (a broken connection is retried once). */
 int us_redis_get(us_redis *r, const us_user_ref *users, size_t n, us_status *out, char *err,
                  size_t errlen);
 

@@ -535,6 +535,9 @@ typedef struct get_ctx {
     const us_user_ref *users;
     us_status *out;
     int64_t cutoff;
+    int nrefused; /* Users of refused buckets. */
+    char *err;
+    size_t errlen;
 } get_ctx;
 
 static const char *ref_user(const void *ctx, size_t i, size_t *len)
@@ -581,9 +584,6 @@ static void get_consume(void *arg, size_t gi, redisReply **replies, size_t nrepl
     const group *g = &c->m->groups[gi];
     for (uint32_t j = 0; j < g->count; j++) {
         us_status *st = &c->out[c->m->entries[g->first + j].index];
-        st->active = st->online = US_TIME_NONE;
-        st->has_state = 0;
-        st->state_len = 0;
         if (nreplies != 3) continue;
         const redisReply *ra = replies[0], *ro = replies[1], *rs = replies[2];
         if (ra->type != REDIS_REPLY_ARRAY || ra->elements != g->count ||
@@ -602,14 +602,27 @@ static void get_consume(void *arg, size_t gi, redisReply **replies, size_t nrepl
     }
 }
 
+/* A bucket whose keys Redis refused: its users read as absent. */
+static void get_refused(void *arg, size_t gi, const char *error)
+{
+    get_ctx *c = arg;
+    const group *g = &c->m->groups[gi];
+    if (c->nrefused == 0)
+        snprintf(c->err, c->errlen, "%s (bucket %s:{%" PRIu64 "})", error, c->m->prefix,
+                 g->place % c->m->nbuckets);
+    c->nrefused += (int)g->count;
+}
+
 static int get(us_status_model *m, us_pipeline *p, const us_user_ref *users, size_t n,
                us_status *out, char *err, size_t errlen)
 {
     if (n == 0) return 0;
-    get_ctx c = {m, users, out, us_bucket_cutoff(wall_ms(), m->expire_ms)};
+    for (size_t i = 0; i < n; i++) us_status_clear(&out[i]);
+    get_ctx c = {m, users, out, us_bucket_cutoff(wall_ms(), m->expire_ms), 0, err, errlen};
     group_users(m, n, ref_user, users);
-    us_pipe_op op = {m->ngroups, &c, get_route, get_append, get_consume, NULL};
-    return us_pipeline_run(p, &op, err, errlen);
+    us_pipe_op op = {m->ngroups, &c, get_route, get_append, get_consume, get_refused};
+    if (us_pipeline_run(p, &op, err, errlen) != 0) return -1;
+    return c.nrefused;
 }
 
 const us_status_model_ops us_status_buckets = {"buckets", create, destroy, apply, get};

@@ -25,6 +25,14 @@ typedef struct us_status {
     char state[US_STATE_MAX];
 } us_status;
 
+/* Sets st to "no status". */
+static inline void us_status_clear(us_status *st)
+{
+    st->active = st->online = US_TIME_NONE;
+    st->has_state = 0;
+    st->state_len = 0;
+}
+
 /* A user id to look up. */
 typedef struct us_user_ref {
     const char *user;
@@ -44,7 +52,9 @@ typedef struct us_status_model_ops {
      * idempotent, so the batch can be applied again). */
     int (*apply)(us_status_model *m, us_pipeline *p, const us_user_update *updates, size_t n,
                  uint8_t *refused, char *err, size_t errlen);
-    /* Reads n statuses into out (same order). Returns 0, or -1 with err set. */
+    /* Reads n statuses into out (same order). Returns the number of users whose keys Redis
+     * refused (such as WRONGTYPE: a key of ours that something else wrote), each reported absent,
+     * with err set to the first refusal; or -1 with err set on a connection-level failure. */
     int (*get)(us_status_model *m, us_pipeline *p, const us_user_ref *users, size_t n,
                us_status *out, char *err, size_t errlen);
 } us_status_model_ops;

@@ -7,6 +7,7 @@
 #include "status_model.h"
 
 #include "hash.h"
+#include "log.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,6 +178,9 @@ typedef struct get_ctx {
     us_status_model *m;
     const us_user_ref *users;
     us_status *out;
+    int nrefused;
+    char *err;
+    size_t errlen;
 } get_ctx;
 
 static void get_route(void *arg, size_t i, size_t *shard, const char **key, size_t *klen)
@@ -201,10 +205,6 @@ static void get_append(void *arg, size_t i, us_pipe_sink *s)
 static void get_consume(void *arg, size_t i, redisReply **replies, size_t nreplies)
 {
     us_status *st = &((get_ctx *)arg)->out[i];
-    st->active = US_TIME_NONE;
-    st->online = US_TIME_NONE;
-    st->has_state = 0;
-    st->state_len = 0;
     const redisReply *reply = nreplies ? replies[nreplies - 1] : NULL;
     if (!reply || reply->type != REDIS_REPLY_ARRAY) return;
     for (size_t k = 0; k + 1 < reply->elements; k += 2) {
@@ -225,12 +225,24 @@ static void get_consume(void *arg, size_t i, redisReply **replies, size_t nrepli
     }
 }
 
+/* A user whose key Redis refused reads as absent. */
+static void get_refused(void *arg, size_t i, const char *error)
+{
+    get_ctx *c = arg;
+    char shown[US_LOG_ESCAPE_CAP];
+    if (c->nrefused++ == 0)
+        snprintf(c->err, c->errlen, "%s (key of user '%s')", error,
+                 us_log_escape(c->users[i].user, c->users[i].len, shown, sizeof(shown)));
+}
+
 static int get(us_status_model *m, us_pipeline *p, const us_user_ref *users, size_t n,
                us_status *out, char *err, size_t errlen)
 {
-    get_ctx c = {m, users, out};
-    us_pipe_op op = {n, &c, get_route, get_append, get_consume, NULL};
-    return us_pipeline_run(p, &op, err, errlen);
+    for (size_t i = 0; i < n; i++) us_status_clear(&out[i]);
+    get_ctx c = {m, users, out, 0, err, errlen};
+    us_pipe_op op = {n, &c, get_route, get_append, get_consume, get_refused};
+    if (us_pipeline_run(p, &op, err, errlen) != 0) return -1;
+    return c.nrefused;
 }
 
 const us_status_model_ops us_status_per_user = {"per_user", create, destroy, apply, get};
