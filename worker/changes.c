@@ -560,8 +560,13 @@ static void out_push(us_changes *c, uint32_t user, const us_transition *tr, size
 
 /* Produces c->outs (after reading the store for them) and writes the index, each step retried
  * until it succeeds (retry) or tried once. Returns 0, or -1. */
-static int publish_and_record(us_changes *c, us_redis *store, int scanned, int retry)
+/* Publishes c->outs and writes the index. With may_retry, a failed step is tried again while it
+ * allows (returns 1 when it stops allowing); without, the first failure returns -1. -1 also when
+ * shutdown interrupted a retry. */
+static int publish_and_record(us_changes *c, us_redis *store, int scanned,
+                              us_changes_may_retry may_retry, void *arg)
 {
+    int retry = may_retry != NULL;
     char err[1024];
     int64_t delay = RETRY_BACKOFF_MIN_MS;
     if (c->nouts > 0 || scanned) {
@@ -570,6 +575,7 @@ static int publish_and_record(us_changes *c, us_redis *store, int scanned, int r
             us_error("status changes: reading the status store: %s%s", err,
                      retry ? "; retrying" : "");
             if (!retry || *c->stop) return -1;
+            if (!may_retry(arg, "status changes: reading the status store")) return 1;
             backoff(c, &delay);
         }
     }
@@ -593,6 +599,7 @@ static int publish_and_record(us_changes *c, us_redis *store, int scanned, int r
         if (*c->stop) return -1;
         us_error("status changes: %s%s", err, retry ? "; producing them again" : "");
         if (!retry) return -1;
+        if (!may_retry(arg, "status changes: producing")) return 1;
         backoff(c, &delay);
     }
     us_metric_add(scanned ? c->m_deadline_changes : c->m_event_changes, c->nouts);
@@ -602,13 +609,14 @@ static int publish_and_record(us_changes *c, us_redis *store, int scanned, int r
         us_error("status changes: writing the deadline index: %s%s", err,
                  retry ? "; retrying (offsets held)" : "");
         if (!retry || *c->stop) return -1;
+        if (!may_retry(arg, "status changes: writing the deadline index")) return 1;
         backoff(c, &delay);
     }
     steps_succeeded(c);
     return 0;
 }
 
-int us_changes_settle(us_changes *c, us_redis *store)
+int us_changes_settle(us_changes *c, us_redis *store, us_changes_may_retry may_retry, void *arg)
 {
     if (!c || c->nevents == 0) return 0;
     char err[1024];
@@ -618,6 +626,7 @@ int us_changes_settle(us_changes *c, us_redis *store)
         step_failed(c, "reading the deadline index", err);
         us_error("status changes: reading the deadline index: %s; retrying (offsets held)", err);
         if (*c->stop) return -1;
+        if (!may_retry(arg, "status changes: reading the deadline index")) return 1;
         backoff(c, &delay);
     }
     c->nouts = 0;
@@ -628,7 +637,7 @@ int us_changes_settle(us_changes *c, us_redis *store)
         out_push(c, e->user, tr, us_presence_apply(&c->rules, &u->p, e->type, e->t, tr));
         if (e->t > u->evaluated) u->evaluated = e->t;
     }
-    return publish_and_record(c, store, 0, 1);
+    return publish_and_record(c, store, 0, may_retry, arg);
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -832,7 +841,7 @@ void us_changes_tick(us_changes *c, us_redis *store)
             /* Listed in the deadlines: remove them even when the hash lost them. */
             for (size_t i = 0; i < c->nusers; i++) c->users[i].known = 1;
             c->nouts = 0;
-            if (publish_and_record(c, store, 1, 0) != 0)
+            if (publish_and_record(c, store, 1, NULL, NULL) != 0)
                 scan_failed(c, "publishing due deadlines", "see above");
             else
                 c->scan_backoff_ms = 0;

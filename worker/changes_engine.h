@@ -37,12 +37,17 @@ int us_changes_ensure_topic(us_changes *c, int timeout_ms, char *err, size_t err
  * at most worker.batch_size events. */
 void us_changes_add(us_changes *c, const rd_kafka_message_t *m, const us_event *ev, int64_t t_ms);
 
+/* Whether a failed step may be tried again (the consumer's write budget is not spent and the
+ * partitions are still ours); what names the step for the log. */
+typedef int (*us_changes_may_retry)(void *arg, const char *what);
+
 /* Publishes the batch's transitions and records the users' new deadlines: reads the deadline
  * index, runs each user's events through the state machine, produces the changes and waits for
- * the broker's acknowledgement, then writes the index. Retries each step until it succeeds.
- * store is the worker's status store (read for `state`). Call after the batch is in Redis and
- * before its offsets are stored. Returns 0, or -1 when shutdown interrupted it. */
-int us_changes_settle(us_changes *c, us_redis *store);
+ * the broker's acknowledgement, then writes the index. Retries a failed step while may_retry(arg)
+ * allows. store is the worker's status store (read for `state`). Call after the batch is in
+ * Redis and before its offsets are stored. Returns 0; -1 when shutdown interrupted it; 1 when
+ * may_retry said no (the caller rewinds the batch: replaying it reproduces the same changes). */
+int us_changes_settle(us_changes *c, us_redis *store, us_changes_may_retry may_retry, void *arg);
 
 /* Forgets the batch. */
 void us_changes_reset(us_changes *c);

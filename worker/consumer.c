@@ -19,7 +19,8 @@
  *
  * Never write for a partition that may have moved
  * -----------------------------------------------
- * Redis and dead-letter failures are retried with exponential backoff, but a batch is retried for
+ * Redis, dead-letter and status change failures (the engine's index, store reads and change
+ * messages: worker/changes.c) are retried with exponential backoff, but a batch is retried for
  * at most half of max.poll.interval.ms (the "write budget"), counted from the poll that ended it.
  * The group evicts a member that has not polled for max.poll.interval.ms and hands its partitions
  * to another; a stale batch written after the new owner's newer writes would undo them (DEL and
@@ -298,6 +299,25 @@ static settle_result redis_settle(worker *w, int64_t deadline)
     return SETTLED;
 }
 
+typedef struct retry_budget {
+    worker *w;
+    int64_t deadline;
+} retry_budget;
+
+static int changes_may_retry(void *arg, const char *what)
+{
+    retry_budget *b = arg;
+    return may_write(b->w, b->deadline, what);
+}
+
+/* The batch's status changes, within the same write budget as its Redis writes. */
+static settle_result changes_settle(worker *w, int64_t deadline)
+{
+    retry_budget b = {w, deadline};
+    int rc = us_changes_settle(w->changes, w->redis, changes_may_retry, &b);
+    return rc == 0 ? SETTLED : rc > 0 ? SETTLE_GAVE_UP : SETTLE_STOPPED;
+}
+
 static void batch_release(worker *w)
 {
     us_batch_reset(&w->batch); /* First: it reads user ids that live in the messages. */
@@ -414,8 +434,8 @@ static int batch_finish(worker *w, const rd_kafka_topic_partition_list_t *revoki
     if (r == SETTLED) r = redis_settle(w, deadline);
     if (r == SETTLED) r = dlq_settle(w, deadline); /* Users whose writes Redis refused. */
     /* The batch's status changes: produced and acknowledged, and the deadline index written,
-     * before its offsets are stored (the engine retries until it succeeds or shutdown). */
-    if (r == SETTLED && us_changes_settle(w->changes, w->redis) != 0) r = SETTLE_STOPPED;
+     * before its offsets are stored (retried within the same write budget). */
+    if (r == SETTLED) r = changes_settle(w, deadline);
     if (r == SETTLE_STOPPED) {
         us_warn("shutting down with a batch of %zu messages not fully written; their offsets are "
                 "not stored, so they will be consumed again",

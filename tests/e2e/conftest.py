@@ -553,6 +553,14 @@ def call(base_url, method, body, **kw):
     return r.json()
 
 
+def metric(base_url, name):
+    """One sample of base_url's /metrics: name with its labels, e.g. 'x_total{kind="a"}'."""
+    for line in requests.get(base_url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError("metric %s not found" % name)
+
+
 def statuses(base_url, users):
     res = call(base_url, "get_user_status", {"users": list(users)})
     assert "result" in res, res

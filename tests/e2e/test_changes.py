@@ -12,10 +12,9 @@ import uuid
 
 import msgpack
 import pytest
-import requests
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from conftest import KAFKA, now_ms, wait_until
+from conftest import KAFKA, PARTITIONS, metric, now_ms, wait_until
 
 FAST_GROUP = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}
 
@@ -276,11 +275,38 @@ def test_index_forgets_offline_users_once_their_activity_is_stale(ns, reader, re
 
 def topology_followed(worker):
     """Redirects followed plus slot maps read by the worker (its store and its index)."""
-    text = requests.get(worker.metrics_url + "/metrics", timeout=5).text
-    names = ('userstatus_redis_redirects_total{kind="moved"}',
-             'userstatus_redis_redirects_total{kind="ask"}', "userstatus_redis_slot_map_refreshes_total")
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.split(" ")[0] in names)
+    return sum(metric(worker.metrics_url, name) for name in (
+        'userstatus_redis_redirects_total{kind="moved"}', 'userstatus_redis_redirects_total{kind="ask"}',
+        "userstatus_redis_slot_map_refreshes_total"))
+
+
+def test_index_failing_past_the_write_budget_rewinds_the_batch_and_loses_nothing(ns, reader, redis):
+    """The deadline index cannot be read (something else wrote a string where every partition's
+    index lives) for longer than the write budget (half of max.poll.interval.ms): the batch is
+    rewound and consumed again, never retried past the point where the group could hand its
+    partitions to another worker; once the keys are gone, the user's change comes out once."""
+    cfg = changes_cfg(ns, offline="30s", away="30s")
+    cfg["kafka"]["properties"] = {"session.timeout.ms": "6000", "max.poll.interval.ms": "6000",
+                                  "heartbeat.interval.ms": "1000"}
+    blocked = ["%s#changes:status:{%s:%d}" % (ns.prefix, ns.topic, p) for p in range(PARTITIONS)]
+    for key in blocked:
+        redis("SET", key, "not an index")
+    w = ns.start_worker(cfg)
+    r = reader()
+    t = whole_second_ms()
+    ns.producer.event("active", "rw1", time_ms=t)
+    ns.producer.flush()
+    wait_until(lambda: metric(w.metrics_url, "userstatus_worker_batches_rewound_total") >= 1,
+               timeout=30, what="the batch rewound after the write budget")
+    assert "rewinding the batch" in w.log()
+    r.poll(0.5)
+    assert "rw1" not in r.seq  # nothing published while the index cannot be read
+    for key in blocked:
+        redis("DEL", key)
+    r.wait_for(lambda: r.seq.get("rw1"), timeout=30, what="rw1's change once the index is back")
+    r.poll(1.0)
+    assert r.seq["rw1"] == [("online", t)]
+    w.stop_ok()
 
 
 @pytest.mark.parametrize("kind", ["shards", "cluster", "sentinel"])

@@ -3,7 +3,7 @@ import msgpack
 import pytest
 import requests
 
-from conftest import bucket_count, bucket_of, now_ms, status, statuses, wait_until
+from conftest import bucket_count, bucket_of, metric, now_ms, status, statuses, wait_until
 
 
 def pack(obj):
@@ -116,14 +116,11 @@ def test_key_of_the_wrong_type_dead_letters_its_users_and_the_batch_goes_on(ns, 
     assert redis("GET", bad_key) == b"not a status"  # left alone
     # Reads are not held hostage either: the bad user reads as unknown (nothing of ours is
     # stored for it), every other user of the request is answered, and the refusal is counted.
-    def refused_reads():
-        text = requests.get(q.url + "/metrics", timeout=5).text
-        return sum(float(line.split()[-1]) for line in text.splitlines()
-                   if line.startswith("userstatus_redis_refused_reads_total "))
-    before = refused_reads()
+    refused = "userstatus_redis_refused_reads_total"
+    before = metric(q.url, refused)
     got = statuses(q.url, [bad] + good[:5])
     assert got == [{"user": bad}] + [{"user": u, "active": t // 1000} for u in good[:5]], got
-    assert refused_reads() == before + 1
+    assert metric(q.url, refused) == before + 1
     # The partition moves on: later events of other users, and of the bad user once fixed, apply.
     redis("DEL", bad_key)
     t2 = now_ms() - 1_000

@@ -9,7 +9,7 @@ import time
 import msgpack
 import requests
 
-from conftest import API_KEY, consume_all, free_port, status, wait_until
+from conftest import API_KEY, consume_all, free_port, metric, status, wait_until
 
 # The fields Centrifugo puts in every proxy request (client id, transport, protocol, encoding).
 BASE = {"client": "9336a229-2400-4ebc-8c50-0a643d22e8a0", "transport": "websocket", "protocol": "json",
@@ -53,13 +53,6 @@ def json_200(r):
 def events(ns, expected, timeout=20.0):
     return [dict(msgpack.unpackb(m["value"], raw=False), key=m["key"].decode())
             for m in consume_all(ns.topic, expected, timeout)]
-
-
-def metric(base_url, name):
-    for line in requests.get(base_url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + " "):
-            return int(line.split()[1])
-    raise AssertionError("metric %s not found" % name)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,15 +9,8 @@ import time
 import pytest
 import requests
 
-from conftest import call, fnv1a64, jump_hash, now_ms, status, statuses, wait_until
+from conftest import call, fnv1a64, jump_hash, metric, now_ms, status, statuses, wait_until
 from topology import Cluster, Sentinel, Shards
-
-
-def metric(base_url, name):
-    for line in requests.get(base_url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError("metric %s not found" % name)
 
 
 class Load:
