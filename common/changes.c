@@ -13,6 +13,7 @@
 #include "changes.h"
 
 #include "config.h"
+#include "int_text.h"
 #include "msgpack_out.h"
 
 #include <msgpack.h>
@@ -131,20 +132,29 @@ const char *us_status_kind_name(us_status_kind s)
 
 static const char status_chars[] = {'f', 'a', 'o'}; /* By us_status_kind. */
 
-static int format_time(char *buf, size_t cap, int64_t t)
+/* Writes " <t>" (or " -") at out; returns its length. */
+static size_t format_time(char *out, int64_t t)
 {
-    if (t == US_PRESENCE_NONE) return snprintf(buf, cap, "-");
-    return snprintf(buf, cap, "%lld", (long long)t);
+    out[0] = ' ';
+    if (t == US_PRESENCE_NONE) {
+        out[1] = '-';
+        return 2;
+    }
+    return 1 + us_i64_text(out + 1, t);
 }
 
 int us_presence_format(const us_presence *p, char *buf, size_t cap)
 {
-    char since[24], active[24], online[24];
-    format_time(since, sizeof(since), p->since);
-    format_time(active, sizeof(active), p->active);
-    format_time(online, sizeof(online), p->online);
-    int n = snprintf(buf, cap, "%c %s %s %s", status_chars[p->status], since, active, online);
-    return n < 0 || (size_t)n >= cap ? -1 : n;
+    char text[1 + 3 * (1 + US_INT_TEXT_MAX)];
+    size_t n = 0;
+    text[n++] = status_chars[p->status];
+    n += format_time(text + n, p->since);
+    n += format_time(text + n, p->active);
+    n += format_time(text + n, p->online);
+    if (n >= cap) return -1;
+    memcpy(buf, text, n);
+    buf[n] = '\0';
+    return (int)n;
 }
 
 /* Parses one field at *s (before end): '-' or a non-negative integer; then expects `sep` (a space)

@@ -17,6 +17,7 @@
  * failure is known, every reply of the round is read, so connections stay in step. */
 #include "redis_pipeline.h"
 
+#include "int_text.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -68,17 +69,6 @@ static int is_word(const char *argv0, size_t len, const char *word)
     return len == strlen(word) && strncasecmp(argv0, word, len) == 0;
 }
 
-/* Writes the decimal digits of v at p; returns their number. */
-static size_t put_uint(char *p, size_t v)
-{
-    char tmp[24];
-    size_t n = 0;
-    do tmp[n++] = (char)('0' + v % 10);
-    while ((v /= 10) > 0);
-    for (size_t i = 0; i < n; i++) p[i] = tmp[n - 1 - i];
-    return n;
-}
-
 /* Formats a command in RESP into the pipeline's scratch buffer and appends it: hiredis'
  * redisAppendCommandArgv formats through sdscatfmt, which costs more than the rest of the client
  * side of a bucket read together. */
@@ -95,11 +85,11 @@ static void append_argv(us_pipe_sink *s, int argc, const char **argv, const size
     }
     char *o = p->fmt;
     *o++ = '*';
-    o += put_uint(o, (size_t)argc);
+    o += us_u64_text(o, (uint64_t)argc);
     *o++ = '\r', *o++ = '\n';
     for (int i = 0; i < argc; i++) {
         *o++ = '$';
-        o += put_uint(o, lens[i]);
+        o += us_u64_text(o, lens[i]);
         *o++ = '\r', *o++ = '\n';
         memcpy(o, argv[i], lens[i]);
         o += lens[i];

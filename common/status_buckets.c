@@ -38,6 +38,7 @@
 #include "status_model.h"
 
 #include "hash.h"
+#include "int_text.h"
 #include "metrics.h"
 
 #include <inttypes.h>
@@ -407,7 +408,7 @@ static void apply_append(void *arg, size_t gi, us_pipe_sink *s)
             const us_user_update *u = &c->updates[e[j].index];
             int64_t t = k == 0 ? u->active : u->online;
             if (t == US_TIME_NONE) continue;
-            m->lens[n] = (size_t)snprintf(m->nums[j], sizeof(m->nums[j]), "%lld", (long long)t);
+            m->lens[n] = us_i64_text(m->nums[j], t);
             m->argv[n++] = m->nums[j];
             m->argv[n] = u->user, m->lens[n++] = u->user_len;
         }

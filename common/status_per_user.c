@@ -7,6 +7,7 @@
 #include "status_model.h"
 
 #include "hash.h"
+#include "int_text.h"
 #include "log.h"
 
 #include <stdio.h>
@@ -124,12 +125,12 @@ static void apply_append(void *arg, size_t i, us_pipe_sink *s)
     argv[argc] = key, lens[argc++] = klen;
     argv[argc] = "GT", lens[argc++] = 2;
     if (u->active != US_TIME_NONE) {
-        lens[argc] = (size_t)snprintf(ta, sizeof(ta), "%lld", (long long)u->active);
+        lens[argc] = us_i64_text(ta, u->active);
         argv[argc++] = ta;
         argv[argc] = "a", lens[argc++] = 1;
     }
     if (u->online != US_TIME_NONE) {
-        lens[argc] = (size_t)snprintf(to, sizeof(to), "%lld", (long long)u->online);
+        lens[argc] = us_i64_text(to, u->online);
         argv[argc++] = to;
         argv[argc] = "o", lens[argc++] = 1;
     }

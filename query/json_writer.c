@@ -1,7 +1,8 @@
 /* Implementation of the JSON reply writer. */
 #include "json_writer.h"
 
-#include <stdio.h>
+#include "int_text.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,8 +32,8 @@ void us_jw_cstr(us_jw *b, const char *s)
 
 void us_jw_int(us_jw *b, long long v)
 {
-    char tmp[24];
-    us_jw_add(b, tmp, (size_t)snprintf(tmp, sizeof(tmp), "%lld", v));
+    char tmp[US_INT_TEXT_MAX];
+    us_jw_add(b, tmp, us_i64_text(tmp, v));
 }
 
 void us_jw_str(us_jw *b, const char *s, size_t n)

@@ -39,6 +39,7 @@
 
 #include "changes.h"
 #include "hash.h"
+#include "int_text.h"
 #include "kafka.h"
 #include "log.h"
 #include "metrics.h"
@@ -414,7 +415,7 @@ static int write_index(us_changes *c, char *err, size_t errlen)
         u->deadline = us_presence_deadline(&c->rules, &u->p, u->evaluated);
         if (u->deadline != US_PRESENCE_NONE) {
             us_presence_format(&u->p, u->text, sizeof(u->text));
-            snprintf(u->score, sizeof(u->score), "%lld", (long long)u->deadline);
+            us_i64_cstr(u->score, u->deadline);
         }
         any |= u->deadline != US_PRESENCE_NONE || u->known;
     }

@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "fake_redis.h"
+#include "int_text.h"
 #include "redis_pipeline.h"
 #include "redis_topology.h"
 
@@ -374,11 +375,35 @@ static void test_slot_map_of_more_than_4096_ranges(void **state)
     fake_stop(a);
 }
 
+/* The integer text of every command, index entry and JSON reply: the same digits as printf. */
+static void test_int_text_matches_printf(void **state)
+{
+    (void)state;
+    int64_t values[64] = {0, 1, -1, 9, 10, -10, 99, 100, INT64_MAX, INT64_MIN, INT64_MIN + 1,
+                          1764806400000, -1764806400};
+    uint64_t x = 88172645463325252ull; /* xorshift64: a spread of magnitudes and signs. */
+    for (int i = 13; i < 64; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        values[i] = (int64_t)(x >> (i % 60));
+        if (i % 2) values[i] = -values[i];
+    }
+    for (int i = 0; i < 64; i++) {
+        char want[32], got[US_INT_TEXT_MAX];
+        snprintf(want, sizeof(want), "%lld", (long long)values[i]);
+        assert_int_equal(us_i64_cstr(got, values[i]), strlen(want));
+        assert_string_equal(got, want);
+    }
+    char u[US_INT_TEXT_MAX];
+    u[us_u64_text(u, UINT64_MAX)] = '\0';
+    assert_string_equal(u, "18446744073709551615");
+}
+
 int main(void)
 {
     /* As the programs do: a node closing mid-write is an error, not the end of the process. */
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_int_text_matches_printf),
         cmocka_unit_test(test_fatal_error_mid_pipeline_fails_the_op_and_keeps_connections_in_step),
         cmocka_unit_test(test_key_error_inside_exec_refuses_only_its_item),
         cmocka_unit_test(test_ask_inside_multi_sends_asking_once_before_multi),
