@@ -60,8 +60,8 @@ CHECK_NEVER_PRODUCED = 20  # Users never produced that the check asks for too (m
 POLL_S = 0.1               # Period of the worker's /metrics poll while it drains.
 DRAIN_TIMEOUT_S = 3600     # Gives up on a drain that has not finished by then.
 IDLE_TIMEOUT_S = 120       # ... or that applied nothing for that long.
+MIN_CPU_S = 0.01           # CPU seconds below this are clock ticks of a tiny run: not divided by.
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-BASE_S = int(time.time())  # Event times are at most an hour before this (see event_times).
 
 
 # --------------------------------------------------------------------------------------------------
@@ -71,15 +71,15 @@ def user_id(i):
     return "u%d" % i
 
 
-def event_times(i):
-    """(online_ms, active_ms) of user i: distinct seconds within the last hour, with milliseconds
-    that the store must drop (it keeps Unix seconds, rounded down)."""
-    online = (BASE_S - i % 3600) * 1000 + i % 1000
+def event_times(i, base_s):
+    """(online_ms, active_ms) of user i: seconds within the hour before base_s (Unix seconds), with
+    milliseconds that the store must drop (it keeps Unix seconds, rounded down)."""
+    online = (base_s - i % 3600) * 1000 + i % 1000
     active = online - (1 + i % 600) * 1000
     return online, active
 
 
-def produce_range(brokers, topic, lo, hi, passes, barrier, out):
+def produce_range(brokers, topic, lo, hi, passes, base_s, barrier, out):
     """Produces the events of users lo..hi-1, pass by pass (all `online`, then all `active`),
     waiting at barrier between passes so that no partition mixes the passes of different users."""
     prod = Producer({"bootstrap.servers": brokers, "partitioner": "murmur2_random",
@@ -97,7 +97,7 @@ def produce_range(brokers, topic, lo, hi, passes, barrier, out):
         typ = "online" if p == 0 else "active"
         for i in range(lo, hi):
             user = user_id(i)
-            value = packb({"type": typ, "user": user, "time": event_times(i)[p]})
+            value = packb({"type": typ, "user": user, "time": event_times(i, base_s)[p]})
             while True:
                 try:
                     prod.produce(topic, key=user, value=value, on_delivery=delivered)
@@ -113,7 +113,7 @@ def produce_range(brokers, topic, lo, hi, passes, barrier, out):
     out.put(failed[0])
 
 
-def produce(brokers, topic, users, passes, procs):
+def produce(brokers, topic, users, passes, base_s, procs):
     """Produces passes x users events from `procs` processes; returns (events/s, failed)."""
     ctx = multiprocessing.get_context("spawn")  # No fork of a process with librdkafka threads.
     barrier = ctx.Barrier(procs)
@@ -121,7 +121,7 @@ def produce(brokers, topic, users, passes, procs):
     step = (users + procs - 1) // procs
     ps = [ctx.Process(target=produce_range,
                                   args=(brokers, topic, k * step, min(users, (k + 1) * step),
-                                        passes, barrier, out))
+                                        passes, base_s, barrier, out))
           for k in range(procs)]
     t0 = time.monotonic()
     for p in ps:
@@ -269,7 +269,7 @@ def get_statuses(port, users):
         return json.loads(r.read())["result"]["statuses"]
 
 
-def check_sample(port, users, sample, passes):
+def check_sample(port, users, sample, passes, base_s):
     """Reads `sample` random users back (USERS_PER_REQUEST per request) and compares each one's
     times with what was produced; users never produced must come back without times. Returns
     {"checked", "wrong", "examples"}."""
@@ -280,7 +280,7 @@ def check_sample(port, users, sample, passes):
         chunk = ids[k:k + USERS_PER_REQUEST]
         got = get_statuses(port, [user_id(i) for i in chunk])
         for i, st in zip(chunk, got):
-            online_ms, active_ms = event_times(i)
+            online_ms, active_ms = event_times(i, base_s)
             want = {"user": user_id(i), "online": online_ms // 1000}
             if passes > 1:
                 want["active"] = active_ms // 1000
@@ -316,7 +316,7 @@ def wrk_reads(port, users, seconds, connections, threads, work):
 # --------------------------------------------------------------------------------------------------
 # One storage model
 
-def run_model(args, model, topic, work):
+def run_model(args, model, topic, base_s, work):
     """Drains the topic into a fresh Redis with `model`, then reads it back. Returns its results."""
     total = args.users * args.events_per_user
     res = {"storage": model, "users": args.users, "events": total}
@@ -358,6 +358,8 @@ def run_model(args, model, topic, work):
                 t_first, n_first = now, n
             if n >= args.users and t_users is None:
                 t_users, n_users = now, n  # The first pass: every user new.
+                cpu_users = cpu_s(pids)
+                redis_cpu_users = redis_cpu_s(redis_info(rport))
             if n != last_n:
                 last_n, last_change = n, now
             pids = process_tree(worker.pid)
@@ -381,20 +383,27 @@ def run_model(args, model, topic, work):
         res["ingest_events_per_s"] = (total - n_first) / max(t_done - t_first, POLL_S)
         res["ingest_events_per_s_from_start"] = total / (t_done - t_start)
         res["ingest_first_pass_users_per_s"] = (n_users - n_first) / max(t_users - t_first, POLL_S)
+        res["first_pass_events_per_worker_cpu_s"] = n_users / max(cpu_users, MIN_CPU_S)
+        res["first_pass_events_per_redis_cpu_s"] = n_users / max(
+            redis_cpu_users - redis_cpu_s(info0), MIN_CPU_S)
         if args.events_per_user > 1:
             res["ingest_second_pass_events_per_s"] = (total - n_users) / max(t_done - t_users,
                                                                              POLL_S)
+            res["second_pass_events_per_worker_cpu_s"] = (total - n_users) / max(
+                worker_cpu - cpu_users, MIN_CPU_S)
+            res["second_pass_events_per_redis_cpu_s"] = (total - n_users) / max(
+                redis_cpu_s(info1) - redis_cpu_users, MIN_CPU_S)
         res["worker_processes"] = args.worker_processes
         res["worker_cpu_s"] = worker_cpu
-        res["worker_events_per_cpu_s"] = total / worker_cpu
+        res["worker_events_per_cpu_s"] = total / max(worker_cpu, MIN_CPU_S)
         res["worker_peak_rss_mb"] = max(peak_rss.values())
         res["worker_peak_rss_mb_sum"] = sum(peak_rss.values())
         redis_cpu = redis_cpu_s(info1) - redis_cpu_s(info0)
         cmds = int(info1["total_commands_processed"]) - int(info0["total_commands_processed"])
         res["ingest_redis_cpu_s"] = redis_cpu
         res["ingest_redis_commands"] = cmds
-        res["ingest_redis_events_per_cpu_s"] = total / redis_cpu
-        res["ingest_redis_commands_per_cpu_s"] = cmds / redis_cpu
+        res["ingest_redis_events_per_cpu_s"] = total / max(redis_cpu, MIN_CPU_S)
+        res["ingest_redis_commands_per_cpu_s"] = cmds / max(redis_cpu, MIN_CPU_S)
         stop(worker)
         res["worker_exit_code"] = worker.returncode
 
@@ -420,7 +429,8 @@ def run_model(args, model, topic, work):
                                  stderr=subprocess.STDOUT, env=child_env())
         # Reads need Redis only: not /health, which also waits for the producer's topic.
         wait_port(cfg["port"], timeout=30)
-        res["check"] = check_sample(cfg["port"], args.users, args.check, args.events_per_user)
+        res["check"] = check_sample(cfg["port"], args.users, args.check, args.events_per_user,
+                                    base_s)
         wrk_reads(cfg["port"], args.users, 2, args.connections, args.threads, work)  # Warm-up.
         q0, r0 = cpu_s(process_tree(query.pid)), redis_cpu_s(redis_info(rport))
         rps, p99, bad = wrk_reads(cfg["port"], args.users, args.read_seconds, args.connections,
@@ -431,8 +441,8 @@ def run_model(args, model, topic, work):
         res["read_users_per_s"] = users_per_s
         res["read_p99_ms"] = p99
         res["read_bad_replies"] = bad
-        res["read_users_per_query_cpu_s"] = users_per_s * args.read_seconds / (q1 - q0)
-        res["read_users_per_redis_cpu_s"] = users_per_s * args.read_seconds / (r1 - r0)
+        res["read_users_per_query_cpu_s"] = users_per_s * args.read_seconds / max(q1 - q0, MIN_CPU_S)
+        res["read_users_per_redis_cpu_s"] = users_per_s * args.read_seconds / max(r1 - r0, MIN_CPU_S)
         res["query_peak_rss_mb"] = rss_mb(query.pid)
     finally:
         stop(worker)
@@ -452,7 +462,13 @@ def print_table(results, args):
          lambda r: "%.0f" % r.get("ingest_second_pass_events_per_s", 0)),
         ("  from worker start, events/s", lambda r: "%.0f" % r["ingest_events_per_s_from_start"]),
         ("  events per worker CPU-second", lambda r: "%.0f" % r["worker_events_per_cpu_s"]),
+        ("    first / second pass", lambda r: "%.0f / %.0f" % (
+            r["first_pass_events_per_worker_cpu_s"],
+            r.get("second_pass_events_per_worker_cpu_s", 0))),
         ("  events per Redis CPU-second", lambda r: "%.0f" % r["ingest_redis_events_per_cpu_s"]),
+        ("    first / second pass", lambda r: "%.0f / %.0f" % (
+            r["first_pass_events_per_redis_cpu_s"],
+            r.get("second_pass_events_per_redis_cpu_s", 0))),
         ("  Redis commands per Redis CPU-second",
          lambda r: "%.0f" % r["ingest_redis_commands_per_cpu_s"]),
         ("  worker peak RSS, MB", lambda r: "%.1f" % r["worker_peak_rss_mb"]),
@@ -470,9 +486,9 @@ def print_table(results, args):
     print("\n%d users, %d events (%d per user), %d partitions, %d worker process(es); produced at "
           "%.0f events/s" % (args.users, args.users * args.events_per_user, args.events_per_user,
                              args.partitions, args.worker_processes, results["produce_events_per_s"]))
-    print("  %-44s" % "" + "".join("%16s" % m for m in models))
+    print("  %-44s" % "" + "".join("%20s" % m for m in models))
     for label, f in rows:
-        print("  %-44s" % label + "".join("%16s" % f(r) for r in results["models"]))
+        print("  %-44s" % label + "".join("%20s" % f(r) for r in results["models"]))
 
 
 def main():
@@ -496,18 +512,19 @@ def main():
     models = MODELS if args.storage == "both" else [args.storage]
     topic = "bench_scale_" + uuid.uuid4().hex[:8]
     work = tempfile.mkdtemp(prefix="us-scale-")
+    base_s = int(time.time())  # Every event time is within the hour before it.
     results = {"users": args.users, "events_per_user": args.events_per_user,
-               "partitions": args.partitions, "topic": topic, "work_dir": work,
+               "partitions": args.partitions, "topic": topic, "work_dir": work, "base_s": base_s,
                "load_average_at_start": os.getloadavg(), "models": []}
     try:
         create_topics([topic, topic + "_dlq"], partitions=args.partitions)
-        rate, failed = produce(args.brokers, topic, args.users, args.events_per_user,
+        rate, failed = produce(args.brokers, topic, args.users, args.events_per_user, base_s,
                                args.produce_processes)
         if failed:
             raise RuntimeError("%d events were not delivered to %s" % (failed, topic))
         results["produce_events_per_s"] = rate
         for m in models:
-            results["models"].append(run_model(args, m, topic, work))
+            results["models"].append(run_model(args, m, topic, base_s, work))
             results["models"][-1]["load_average_after"] = os.getloadavg()
     finally:
         if not args.keep_topic:
