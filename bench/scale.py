@@ -51,7 +51,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 from run import metric, rss_mb, wait_http, wait_port, wrk  # noqa: E402
-from conftest import KAFKA, child_env, create_topics, delete_topics, free_port  # noqa: E402
+from conftest import KAFKA, admin, child_env, create_topics, delete_topics, free_port  # noqa: E402
 
 MODELS = ["buckets", "per_user"]
 API_KEY = "secret"
@@ -330,7 +330,7 @@ def run_model(args, model, topic, base_s, work):
         cfg = {"api_key": API_KEY, "address": "127.0.0.1", "port": free_port(), "log_level": "warn",
                "user_status": {"redis_address": "127.0.0.1:%d" % rport, "storage": model,
                                "expected_users": args.users},
-               "kafka": {"brokers": args.brokers, "topic": topic, "dlq_topic": topic + "_dlq",
+               "kafka": {"brokers": KAFKA, "topic": topic, "dlq_topic": topic + "_dlq",
                          "consumer_group": group, "partitions": args.partitions},
                "worker": {"metrics_port": mport, "processes": args.worker_processes},
                "changes": {"enabled": False}}
@@ -494,7 +494,6 @@ def print_table(results, args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
-    ap.add_argument("--brokers", default=KAFKA)
     ap.add_argument("--users", type=int, default=10_000_000)
     ap.add_argument("--events-per-user", type=int, choices=[1, 2], default=2,
                     help="1: an online event per user; 2: then an active event per user too")
@@ -518,7 +517,7 @@ def main():
                "load_average_at_start": os.getloadavg(), "models": []}
     try:
         create_topics([topic, topic + "_dlq"], partitions=args.partitions)
-        rate, failed = produce(args.brokers, topic, args.users, args.events_per_user, base_s,
+        rate, failed = produce(KAFKA, topic, args.users, args.events_per_user, base_s,
                                args.produce_processes)
         if failed:
             raise RuntimeError("%d events were not delivered to %s" % (failed, topic))
@@ -529,6 +528,9 @@ def main():
     finally:
         if not args.keep_topic:
             delete_topics([topic, topic + "_dlq"])
+            left = [t for t in admin().list_topics(timeout=10).topics if t.startswith(topic)]
+            if left:
+                print("could not delete the topics %s: delete them by hand" % left, file=sys.stderr)
     print(json.dumps(results, indent=2))
     print_table(results, args)
     return 1 if any(r["check"]["wrong"] or r["read_bad_replies"] for r in results["models"]) else 0
