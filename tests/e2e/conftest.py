@@ -238,8 +238,11 @@ def create_topics(names, partitions=PARTITIONS):
 
 
 def delete_topics(names):
+    # The client must outlive the futures: a handle destroyed at once fails them all (_DESTROY)
+    # and the topics stay.
+    a = admin()
     try:
-        fs = admin().delete_topics(list(names), operation_timeout=10)
+        fs = a.delete_topics(list(names), operation_timeout=10)
         for f in fs.values():
             try:
                 f.result(15)
