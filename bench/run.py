@@ -216,6 +216,19 @@ def metric(port, name):
     return 0.0
 
 
+def delete_topics(brokers, topics):
+    """Deletes this run's topics from the (shared) broker; those that do not exist are skipped."""
+    from confluent_kafka.admin import AdminClient
+    admin = AdminClient({"bootstrap.servers": brokers})
+    existing = set(admin.list_topics(timeout=10).topics)
+    gone = [t for t in topics if t in existing]
+    for t, f in (admin.delete_topics(gone, operation_timeout=30).items() if gone else []):
+        try:
+            f.result(30)
+        except Exception as e:  # Reported, not fatal: the measurements are done.
+            print(f"could not delete topic {t}: {e}", file=sys.stderr)
+
+
 def produce_events(brokers, topic, n):
     """Pre-produces n online events of unique users w0..w{n-1} into a new 16-partition topic."""
     from confluent_kafka import Producer
@@ -310,6 +323,7 @@ def main():
 
     topo = None
     memory = None
+    ns = None  # Names this run's topics once made.
     if args.memory_users > 0 and not args.profile:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import memory as memory_bench
@@ -346,7 +360,8 @@ def main():
                "user_status": redis_cfg,
                "kafka": {"brokers": brokers, "topic": ns, "dlq_topic": ns + "_dlq",
                          "consumer_group": ns, "partitions": 16},
-               "worker": {"metrics_port": mport}}
+               "worker": {"metrics_port": mport},
+               "changes": {"topic": ns + "_changes"}}
 
         # --- worker: pre-produce unique-user events, then time their consumption -------------
         if args.only in ("all", "worker"):
@@ -485,6 +500,8 @@ def main():
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if ns:
+            delete_topics(brokers, [ns + sfx for sfx in ("", "_w", "_dlq", "_changes")])
 
     r = results
     print(json.dumps(r, indent=2))
