@@ -103,7 +103,7 @@ static const key_desc keys[] = {
     {"kafka.replication_factor", KEY_INT, F(kafka.replication_factor), "1", 1, 100},
     {"kafka.produce_timeout", KEY_DUR, F(kafka.produce_timeout_ms), "5s", 1, 3600 * 1000},
     {"kafka.properties", KEY_PROPS, F(kafka.properties), NULL, 0, 0},
-    {"worker.batch_size", KEY_INT, F(worker.batch_size), "10000", 1, 1000000},
+    {"worker.batch_size", KEY_INT, F(worker.batch_size), "5000", 1, 1000000},
     {"worker.metrics_address", KEY_STR, F(worker.metrics_address), "127.0.0.1", 0, 0},
     {"worker.metrics_port", KEY_INT, F(worker.metrics_port), "9100", 0, 65535},
     {"worker.processes", KEY_INT, F(worker.processes), "1", 1, 256},

@@ -51,6 +51,7 @@
 #include "clock.h"
 #include "coalesce.h"
 #include "event.h"
+#include "fetch_wake.h"
 #include "kafka.h"
 #include "log.h"
 #include "metrics.h"
@@ -81,11 +82,15 @@
  * worker whose brokers are gone takes to exit: destroying the consumer waits for its requests. */
 #define SOCKET_TIMEOUT_MS "10000"
 #define DETAIL_MAX 160
-#define QUEUED_MAX_KBYTES "16384" /* Kilobytes of prefetched messages in librdkafka's queue. */
-/* Fetch response sizes: librdkafka's defaults (50 MiB, 1 MiB per partition) buffer far more than a
- * worker needs to stay busy; these halve its memory at full speed for ~2% of throughput. */
-#define FETCH_MAX_BYTES "4194304"
-#define PARTITION_FETCH_MAX_BYTES "262144"
+/* The prefetch budget (measurements: docs/choices.md, "Worker memory"). librdkafka keeps each
+ * queued message in a 296-byte operation next to its share of the fetch buffer, ~370 bytes per
+ * event in all, and its defaults (100 000 messages, 64 MiB, fetches of 50 MiB) let a worker with
+ * a backlog hold 50 MB. The fetch waker (fetch_wake.c) keeps the fetchers going with a small
+ * queue, so these bound it instead: */
+#define QUEUED_MIN_MESSAGES "5000" /* Messages prefetched before fetching pauses. */
+#define QUEUED_MAX_KBYTES "4096"   /* Kilobytes of payload prefetched (large events). */
+#define FETCH_MAX_BYTES "1048576"  /* One fetch response (at least message.max.bytes). */
+#define PARTITION_FETCH_MAX_BYTES "65536" /* One partition's part of it. */
 
 /* A message of the batch that goes to the dead-letter topic. Entry i's delivery state is entry
  * i of worker.dlq_acks. */
@@ -102,6 +107,7 @@ typedef struct worker {
     rd_kafka_t *dlq;
     us_redis *redis;
     us_changes *changes; /* Status changes (worker/changes.c); NULL when off. */
+    us_fetch_wake *fetch_wake; /* Keeps librdkafka fetching with a small queue (fetch_wake.c). */
     us_event_decoder decoder;
     us_batch batch;
 
@@ -722,8 +728,8 @@ static rd_kafka_t *create_consumer(worker *w, char *err, size_t errlen)
         {"auto.offset.reset", "earliest"},
         {"partition.assignment.strategy", "cooperative-sticky"},
         {"enable.partition.eof", "false"},
-        /* The prefetch queue bounds the worker's memory; at librdkafka's 64 MiB default the
-         * worker alone would break its 30 MB budget. */
+        /* The prefetch queue bounds the worker's memory (see QUEUED_MIN_MESSAGES). */
+        {"queued.min.messages", QUEUED_MIN_MESSAGES},
         {"queued.max.messages.kbytes", QUEUED_MAX_KBYTES},
         {"fetch.max.bytes", FETCH_MAX_BYTES},
         {"max.partition.fetch.bytes", PARTITION_FETCH_MAX_BYTES},
@@ -788,7 +794,9 @@ static void consume_loop(worker *w)
         rd_kafka_message_t *m =
             rd_kafka_consumer_poll(w->consumer, w->nmsgs == 0 ? POLL_IDLE_MS : 0);
         if (!m) {
-            batch_finish(w, NULL); /* The local queue is drained: write what we have. */
+            /* The local queue is drained: wake the fetchers, then write what we have. */
+            us_fetch_wake_check(w->fetch_wake, 0);
+            if (batch_finish(w, NULL)) us_fetch_wake_check(w->fetch_wake, 0);
             continue;
         }
         if (m->err) {
@@ -798,7 +806,10 @@ static void consume_loop(worker *w)
             continue;
         }
         batch_take(w, m);
-        if (w->nmsgs == (size_t)w->cfg->worker.batch_size) batch_finish(w, NULL);
+        if (w->nmsgs == (size_t)w->cfg->worker.batch_size) {
+            us_fetch_wake_check(w->fetch_wake, 1); /* A full batch: a backlog. */
+            if (batch_finish(w, NULL)) us_fetch_wake_check(w->fetch_wake, 0);
+        }
         rd_kafka_poll(w->dlq, 0); /* Serve DLQ delivery reports. */
     }
     batch_finish(w, NULL);
@@ -869,13 +880,18 @@ int us_worker_run(const us_config *cfg, int metrics_port, volatile sig_atomic_t 
             cfg->kafka.consumer_group, cfg->kafka.brokers, cfg->worker.metrics_address,
             metrics_port);
 
+    if (!(w.fetch_wake = us_fetch_wake_start(w.consumer, err, sizeof(err))))
+        us_warn("%s; consuming without it (slower with a backlog)", err);
     consume_loop(&w);
+    us_fetch_wake_stop(w.fetch_wake);
+    w.fetch_wake = NULL;
 
     us_info("shutting down: committing offsets and leaving the group");
     commit_offsets(&w);
     closed = close_consumer(&w);
     rc = 0;
 out:
+    us_fetch_wake_stop(w.fetch_wake);
     us_admin_http_stop(admin);
     if (rc == 0 && !closed) {
         /* Destroying a consumer whose close is still pending blocks until librdkafka's requests
