@@ -31,8 +31,25 @@ def free_port():
 
 
 def cli(port, *args):
-    return subprocess.run(["redis-cli", "-p", str(port)] + list(args), capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(["redis-cli", "-p", str(port)] + [str(a) for a in args],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def start_redis(work, name="redis"):
+    """A redis-server of our own (no persistence) on a free port, once it answers: (proc, port)."""
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", work],
+                            stdout=open(os.path.join(work, name + ".log"), "w"), stderr=subprocess.STDOUT)
+    for _ in range(200):
+        try:
+            if cli(port, "PING").strip() == "PONG":
+                return proc, port
+        except subprocess.CalledProcessError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server on port %d did not answer" % port)
 
 
 def used_memory(port):
@@ -43,23 +60,13 @@ def measure(build, users, reads, rounds, expected=None):
     """{model: {...}} for both models; rates are the best of `rounds` runs, alternating models so
     that noise from other processes hits both alike."""
     work = tempfile.mkdtemp(prefix="us-mem-")
-    port = free_port()
-    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", work],
-                             stdout=open(os.path.join(work, "redis.log"), "w"), stderr=subprocess.STDOUT)
+    redis, port = start_redis(work)
     tool = os.path.join(build, "bench", "us-store-bench")
     rates = ("write_users_per_s", "update_users_per_s", "read_users_per_s")
     costs = ("write_redis_us", "update_redis_us", "read_redis_us", "write_client_us",
              "update_client_us", "read_client_us")
     out = {m: dict({k: 0.0 for k in rates}, **{k: float("inf") for k in costs}) for m in MODELS}
     try:
-        for _ in range(100):
-            try:
-                if cli(port, "PING").strip() == "PONG":
-                    break
-            except subprocess.CalledProcessError:
-                pass
-            time.sleep(0.05)
         for r in range(rounds):
             for m in MODELS:
                 cli(port, "FLUSHALL")

@@ -50,6 +50,7 @@ from confluent_kafka import Producer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+from memory import cli, start_redis  # noqa: E402
 from run import metric, rss_mb, wait_http, wait_port, wrk  # noqa: E402
 from conftest import KAFKA, admin, child_env, create_topics, delete_topics, free_port  # noqa: E402
 
@@ -135,11 +136,6 @@ def produce(brokers, topic, users, passes, base_s, procs):
 # --------------------------------------------------------------------------------------------------
 # Processes and their costs
 
-def cli(port, *args):
-    return subprocess.run(["redis-cli", "-p", str(port)] + [str(a) for a in args],
-                          capture_output=True, text=True, check=True).stdout
-
-
 def redis_info(port):
     """INFO of the Redis on port as a dict of its fields (strings)."""
     return dict(line.split(":", 1) for line in cli(port, "INFO", "everything").splitlines()
@@ -197,23 +193,6 @@ def free_port_run(n):
         if ok:
             return base
     raise RuntimeError("no %d consecutive free ports" % n)
-
-
-def start_redis(work, name):
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", work],
-                            stdout=open(os.path.join(work, name + ".log"), "w"),
-                            stderr=subprocess.STDOUT)
-    wait_port(port)
-    for _ in range(100):
-        try:
-            if cli(port, "PING").strip() == "PONG":
-                break
-        except subprocess.CalledProcessError:
-            pass
-        time.sleep(0.05)
-    return proc, port
 
 
 def stop(proc):

@@ -9,7 +9,8 @@
  * than that sits idle until the next tick, so the queue must hold about one second of events for
  * full speed: ~135 000 messages of ~370 bytes each (librdkafka's 296-byte operation per message
  * plus its share of the fetch buffer) here, 50 MB of the 72 MB the worker peaked at.
- * (librdkafka 2.3 added fetch.queue.backoff.ms for this; its default is still 1 s.)
+ * (A known limitation, librdkafka issue #2879; 2.3 added fetch.queue.backoff.ms for it, whose
+ * default is still 1 s.)
  *
  * The wake-up
  * -----------
