@@ -63,6 +63,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define POLL_IDLE_MS 100          /* Poll timeout while no batch is in hand. */
@@ -78,6 +79,7 @@
 #define DLQ_MESSAGE_TIMEOUT_MS 30000
 #define TOPIC_CREATE_TIMEOUT_MS 10000
 #define CLOSE_TIMEOUT_MS 5000 /* Longest wait to leave the group cleanly at shutdown. */
+#define DESTROY_TIMEOUT_MS 10000 /* Longest wait for librdkafka's handles to be destroyed. */
 /* Requests to an unreachable broker fail after this long (librdkafka: 60 s). It bounds how long a
  * worker whose brokers are gone takes to exit: destroying the consumer waits for its requests. */
 #define SOCKET_TIMEOUT_MS "10000"
@@ -568,6 +570,58 @@ static int close_consumer(worker *w)
     return closed;
 }
 
+/* Bounds the destruction of librdkafka's handles at exit. librdkafka 2.0 can block for good in
+ * rd_kafka_destroy, joining a broker thread, when the consumed topic was deleted under the consumer
+ * (seen at shutdown right after a topic deletion). By then the group is left and every offset of
+ * ours committed, so when destroying takes longer than DESTROY_TIMEOUT_MS the process ends
+ * (exit status 0) instead of ignoring SIGTERM until it is killed. */
+typedef struct exit_watchdog {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+    pthread_t thread;
+    int started;
+} exit_watchdog;
+
+static void *exit_watchdog_main(void *arg)
+{
+    exit_watchdog *wd = arg;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += DESTROY_TIMEOUT_MS / 1000;
+    pthread_mutex_lock(&wd->mu);
+    int rc = 0;
+    while (!wd->done && rc == 0) rc = pthread_cond_timedwait(&wd->cv, &wd->mu, &until);
+    int done = wd->done;
+    pthread_mutex_unlock(&wd->mu);
+    if (!done) {
+        us_warn("librdkafka did not finish shutting down within %d ms; exiting anyway (offsets "
+                "are committed and the group is left)",
+                DESTROY_TIMEOUT_MS);
+        _exit(0);
+    }
+    return NULL;
+}
+
+static void exit_watchdog_start(exit_watchdog *wd)
+{
+    pthread_mutex_init(&wd->mu, NULL);
+    pthread_cond_init(&wd->cv, NULL);
+    wd->done = 0;
+    wd->started = pthread_create(&wd->thread, NULL, exit_watchdog_main, wd) == 0;
+}
+
+static void exit_watchdog_stop(exit_watchdog *wd)
+{
+    pthread_mutex_lock(&wd->mu);
+    wd->done = 1;
+    pthread_cond_signal(&wd->cv);
+    pthread_mutex_unlock(&wd->mu);
+    if (wd->started) pthread_join(wd->thread, NULL);
+    pthread_cond_destroy(&wd->cv);
+    pthread_mutex_destroy(&wd->mu);
+}
+
 static void rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                       rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
@@ -901,6 +955,8 @@ out:
         w.consumer = w.dlq = NULL;
         w.changes = NULL; /* Its producer too. */
     }
+    exit_watchdog wd;
+    exit_watchdog_start(&wd);
     if (w.consumer) rd_kafka_destroy_flags(w.consumer, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     if (w.dlq) {
         rd_kafka_flush(w.dlq, DLQ_FLUSH_SLICE_MS);
@@ -908,6 +964,7 @@ out:
     }
     batch_release(&w);
     us_changes_free(w.changes);
+    exit_watchdog_stop(&wd);
     us_redis_free(w.redis);
     us_batch_free(&w.batch);
     us_event_decoder_destroy(&w.decoder);

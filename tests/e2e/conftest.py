@@ -12,6 +12,7 @@ exit code fails the test, and their stderr is attached to the report of a failed
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -389,6 +390,15 @@ class Proc:
                                                                                  self.log()[-4000:]))
             time.sleep(0.1)
 
+    def _dump_stacks(self):
+        """Appends every thread's stack to the log (when gdb is installed): why it did not stop."""
+        if not shutil.which("gdb"):
+            return
+        out = subprocess.run(["gdb", "-p", str(self.p.pid), "-batch", "-ex", "thread apply all bt 30"],
+                             capture_output=True, text=True, timeout=60).stdout
+        with open(self.log_path, "a") as f:
+            f.write("\n--- stacks after SIGTERM did not stop it (gdb) ---\n" + out)
+
     def stop(self, timeout=STOP_TIMEOUT):
         """SIGTERM; returns the exit code (None when it had to be killed)."""
         if self.stopped:
@@ -402,6 +412,7 @@ class Proc:
             try:
                 self.p.wait(timeout)
             except subprocess.TimeoutExpired:
+                self._dump_stacks()
                 self.p.kill()
                 self.p.wait()
                 self._log.close()
@@ -436,6 +447,13 @@ class Namespace:
         self.item = item
         self._n = 0
         self._producer = None
+        self.extra_topics = []  # Made by the test (create_topic); deleted after its processes stop.
+
+    def create_topic(self, name, partitions=PARTITIONS):
+        """A topic of the test's own beside the namespace's, deleted once its processes stopped (a
+        topic deleted under a running consumer makes its shutdown slow)."""
+        create_topics([name], partitions=partitions)
+        self.extra_topics.append(name)
 
     # ---- configuration
     def config(self, **over):
@@ -602,7 +620,7 @@ def ns(request, tmp_path):
     request.node._us_ns = n
     yield n
     errors = n.close()
-    delete_topics([n.topic, n.dlq, n.changes])
+    delete_topics([n.topic, n.dlq, n.changes] + n.extra_topics)
     try:
         r = Redis()
         keys = (r("KEYS", n.prefix + ":*") or []) + (r("KEYS", n.prefix + "#*") or [])

@@ -198,62 +198,80 @@ def metric(proc, name):
     return None
 
 
+def test_worker_stops_on_sigterm_after_its_topic_was_deleted(ns):
+    """An operator deletes the events topic under a running worker (librdkafka 2.0 can then block
+    for good while its handles are destroyed): SIGTERM still ends the worker, with status 0, after
+    it committed what it had and left the group."""
+    topic = ns.topic + "_gone"
+    create_topics([topic], partitions=1)
+    w = ns.start_worker(worker_cfg(ns, ns.config(kafka={"topic": topic, "properties": FAST_GROUP})))
+    wait_until(lambda: metric(w, "userstatus_worker_assigned_partitions") == 1, timeout=30,
+               what="the worker to own the partition")
+    p = KafkaProducer(topic)
+    t = now_ms() - 1_000
+    p.event("active", "gone-topic", t)
+    p.flush()
+    q = ns.start_query(ns.config())
+    wait_until(lambda: status(q.url, "gone-topic") == {"user": "gone-topic", "active": t // 1000},
+               what="the event applied")
+    delete_topics([topic])
+    time.sleep(2)  # the worker's consumer learns that its partition is gone
+    w.stop_ok()  # exit status 0 within the harness's stop timeout
+
+
 def test_worker_cut_off_from_redis_never_undoes_newer_writes(ns, redis_proxy):
     """The owner of a partition cannot reach Redis for longer than max.poll.interval.ms (everything
     else can). Whatever the group does meanwhile (before the fix it evicted the stuck owner and the
     other worker applied the newer events), the owner must never write its old batch after the
     newer events: a stale delete would erase a newer status, a stale state overwrite a newer one."""
     topic = ns.topic + "_one"
-    create_topics([topic], partitions=1)  # one partition: one owner, one idle member
-    try:
-        props = dict(FAST_GROUP, **{"max.poll.interval.ms": "10000"})
-        base = ns.config(kafka={"topic": topic, "properties": props},
-                         user_status={"redis_io_timeout": "1s", "redis_connect_timeout": "500ms"})
-        owner = ns.start_worker(worker_cfg(ns, deep_merge(base, {"user_status": {"redis_address": redis_proxy.addr}})))
-        wait_until(lambda: metric(owner, "userstatus_worker_assigned_partitions") == 1, timeout=30,
-                   what="the first worker to own the partition")
-        other = ns.start_worker(worker_cfg(ns, base))
-        wait_until(lambda: metric(other, "userstatus_worker_rebalances_total") >= 1, timeout=30,
-                   what="the second worker to join the group")
-        assert metric(owner, "userstatus_worker_assigned_partitions") == 1
-        q = ns.start_query(base)
-        p = KafkaProducer(topic)
-        t0 = now_ms() - 60_000
-        p.event("active", "gone", t0)
-        p.event("active", "moody", t0, state="old")
-        p.flush()
-        wait_until(lambda: statuses(q.url, ["gone", "moody"]) == [
-            {"user": "gone", "active": t0 // 1000}, {"user": "moody", "active": t0 // 1000, "state": "old"}],
-            what="the first events to be applied")
+    ns.create_topic(topic, partitions=1)  # one partition: one owner, one idle member
+    props = dict(FAST_GROUP, **{"max.poll.interval.ms": "10000"})
+    base = ns.config(kafka={"topic": topic, "properties": props},
+                     user_status={"redis_io_timeout": "1s", "redis_connect_timeout": "500ms"})
+    owner = ns.start_worker(worker_cfg(ns, deep_merge(base, {"user_status": {"redis_address": redis_proxy.addr}})))
+    wait_until(lambda: metric(owner, "userstatus_worker_assigned_partitions") == 1, timeout=30,
+               what="the first worker to own the partition")
+    other = ns.start_worker(worker_cfg(ns, base))
+    wait_until(lambda: metric(other, "userstatus_worker_rebalances_total") >= 1, timeout=30,
+               what="the second worker to join the group")
+    assert metric(owner, "userstatus_worker_assigned_partitions") == 1
+    q = ns.start_query(base)
+    p = KafkaProducer(topic)
+    t0 = now_ms() - 60_000
+    p.event("active", "gone", t0)
+    p.event("active", "moody", t0, state="old")
+    p.flush()
+    wait_until(lambda: statuses(q.url, ["gone", "moody"]) == [
+        {"user": "gone", "active": t0 // 1000}, {"user": "moody", "active": t0 // 1000, "state": "old"}],
+        what="the first events to be applied")
 
-        redis_proxy.cut()
-        p.event("delete", "gone")
-        p.event("active", "moody", t0 + 1000, state="stale")
-        p.event("active", "once", t0 + 1000)  # its only event: must not be lost by any rewind
-        p.flush()
-        wait_until(lambda: requests.get(owner.metrics_url + "/health", timeout=5).status_code == 503,
-                   timeout=15, what="the owner to report Redis out of reach")
-        time.sleep(12)  # past max.poll.interval.ms
-        p.event("active", "gone", t0 + 2000, state="back")
-        p.event("active", "moody", t0 + 2000, state="new")
-        p.flush()
-        expected = [{"user": "gone", "active": (t0 + 2000) // 1000, "state": "back"},
-                    {"user": "moody", "active": (t0 + 2000) // 1000, "state": "new"},
-                    {"user": "once", "active": (t0 + 1000) // 1000}]
-        try:  # whoever owns the partition while the first owner is cut off may apply them now
-            wait_until(lambda: statuses(q.url, ["gone", "moody", "once"]) == expected, timeout=10)
-        except AssertionError:
-            pass
-        redis_proxy.restore()
-        wait_until(lambda: requests.get(owner.metrics_url + "/health", timeout=5).status_code == 200,
-                   timeout=20, what="the first worker to reach Redis again")
-        wait_until(lambda: statuses(q.url, ["gone", "moody", "once"]) == expected, timeout=20,
-                   what="the newest events to be applied")
-        time.sleep(5)  # a stale batch still retried by the first worker lands within its 2 s backoff
-        assert statuses(q.url, ["gone", "moody", "once"]) == expected
-        assert owner.alive() and other.alive()
-    finally:
-        delete_topics([topic])
+    redis_proxy.cut()
+    p.event("delete", "gone")
+    p.event("active", "moody", t0 + 1000, state="stale")
+    p.event("active", "once", t0 + 1000)  # its only event: must not be lost by any rewind
+    p.flush()
+    wait_until(lambda: requests.get(owner.metrics_url + "/health", timeout=5).status_code == 503,
+               timeout=15, what="the owner to report Redis out of reach")
+    time.sleep(12)  # past max.poll.interval.ms
+    p.event("active", "gone", t0 + 2000, state="back")
+    p.event("active", "moody", t0 + 2000, state="new")
+    p.flush()
+    expected = [{"user": "gone", "active": (t0 + 2000) // 1000, "state": "back"},
+                {"user": "moody", "active": (t0 + 2000) // 1000, "state": "new"},
+                {"user": "once", "active": (t0 + 1000) // 1000}]
+    try:  # whoever owns the partition while the first owner is cut off may apply them now
+        wait_until(lambda: statuses(q.url, ["gone", "moody", "once"]) == expected, timeout=10)
+    except AssertionError:
+        pass
+    redis_proxy.restore()
+    wait_until(lambda: requests.get(owner.metrics_url + "/health", timeout=5).status_code == 200,
+               timeout=20, what="the first worker to reach Redis again")
+    wait_until(lambda: statuses(q.url, ["gone", "moody", "once"]) == expected, timeout=20,
+               what="the newest events to be applied")
+    time.sleep(5)  # a stale batch still retried by the first worker lands within its 2 s backoff
+    assert statuses(q.url, ["gone", "moody", "once"]) == expected
+    assert owner.alive() and other.alive()
 
 
 def test_rebalance_while_the_owner_cannot_reach_redis_loses_nothing_and_undoes_nothing(ns, redis_proxy):
@@ -262,53 +280,50 @@ def test_rebalance_while_the_owner_cannot_reach_redis_loses_nothing_and_undoes_n
     ones), keep the other partition's events (rewound, applied once Redis is back), and never write
     its old batch over the newer events."""
     topic = ns.topic + "_two"
-    create_topics([topic], partitions=2)
-    try:
-        props = dict(FAST_GROUP, **{"max.poll.interval.ms": "10000"})
-        base = ns.config(kafka={"topic": topic, "properties": props},
-                         user_status={"redis_io_timeout": "1s", "redis_connect_timeout": "500ms"})
-        owner = ns.start_worker(worker_cfg(ns, deep_merge(base, {"user_status": {"redis_address": redis_proxy.addr}})))
-        wait_until(lambda: metric(owner, "userstatus_worker_assigned_partitions") == 2, timeout=30,
-                   what="the first worker to own both partitions")
-        q = ns.start_query(base)
-        p = KafkaProducer(topic)
-        t0 = now_ms() - 60_000
-        moody = ["m-%d" % i for i in range(8)]  # several users: both partitions get some
-        once = ["o-%d" % i for i in range(8)]
-        for u in moody:
-            p.event("active", u, t0, state="old")
-        p.flush()
-        assert {part for part, _, _ in p.delivered} == {0, 1}
-        wait_until(lambda: all(s.get("state") == "old" for s in statuses(q.url, moody)),
-                   what="the first events to be applied")
+    ns.create_topic(topic, partitions=2)
+    props = dict(FAST_GROUP, **{"max.poll.interval.ms": "10000"})
+    base = ns.config(kafka={"topic": topic, "properties": props},
+                     user_status={"redis_io_timeout": "1s", "redis_connect_timeout": "500ms"})
+    owner = ns.start_worker(worker_cfg(ns, deep_merge(base, {"user_status": {"redis_address": redis_proxy.addr}})))
+    wait_until(lambda: metric(owner, "userstatus_worker_assigned_partitions") == 2, timeout=30,
+               what="the first worker to own both partitions")
+    q = ns.start_query(base)
+    p = KafkaProducer(topic)
+    t0 = now_ms() - 60_000
+    moody = ["m-%d" % i for i in range(8)]  # several users: both partitions get some
+    once = ["o-%d" % i for i in range(8)]
+    for u in moody:
+        p.event("active", u, t0, state="old")
+    p.flush()
+    assert {part for part, _, _ in p.delivered} == {0, 1}
+    wait_until(lambda: all(s.get("state") == "old" for s in statuses(q.url, moody)),
+               what="the first events to be applied")
 
-        redis_proxy.cut()
-        for u in moody:
-            p.event("active", u, t0 + 1000, state="stale")
-        for u in once:
-            p.event("online", u, t0 + 1000)  # their only events
-        p.flush()
-        wait_until(lambda: requests.get(owner.metrics_url + "/health", timeout=5).status_code == 503,
-                   timeout=15, what="the owner to report Redis out of reach")
-        other = ns.start_worker(worker_cfg(ns, base))
-        wait_until(lambda: metric(other, "userstatus_worker_assigned_partitions") >= 1, timeout=40,
-                   what="the second worker to get a partition")
-        for u in moody:
-            p.event("active", u, t0 + 2000, state="new")
-        p.flush()
-        expected = ([{"user": u, "active": (t0 + 2000) // 1000, "state": "new"} for u in moody]
-                    + [{"user": u, "online": (t0 + 1000) // 1000} for u in once])
-        time.sleep(8)  # the newcomer applies its partition's events meanwhile
-        redis_proxy.restore()
-        wait_until(lambda: requests.get(owner.metrics_url + "/health", timeout=5).status_code == 200,
-                   timeout=20, what="the first worker to reach Redis again")
-        wait_until(lambda: statuses(q.url, moody + once) == expected, timeout=30,
-                   what="every newest event applied, none lost")
-        time.sleep(5)  # a stale batch still retried by the first worker lands within its 2 s backoff
-        assert statuses(q.url, moody + once) == expected
-        assert owner.alive() and other.alive()
-    finally:
-        delete_topics([topic])
+    redis_proxy.cut()
+    for u in moody:
+        p.event("active", u, t0 + 1000, state="stale")
+    for u in once:
+        p.event("online", u, t0 + 1000)  # their only events
+    p.flush()
+    wait_until(lambda: requests.get(owner.metrics_url + "/health", timeout=5).status_code == 503,
+               timeout=15, what="the owner to report Redis out of reach")
+    other = ns.start_worker(worker_cfg(ns, base))
+    wait_until(lambda: metric(other, "userstatus_worker_assigned_partitions") >= 1, timeout=40,
+               what="the second worker to get a partition")
+    for u in moody:
+        p.event("active", u, t0 + 2000, state="new")
+    p.flush()
+    expected = ([{"user": u, "active": (t0 + 2000) // 1000, "state": "new"} for u in moody]
+                + [{"user": u, "online": (t0 + 1000) // 1000} for u in once])
+    time.sleep(8)  # the newcomer applies its partition's events meanwhile
+    redis_proxy.restore()
+    wait_until(lambda: requests.get(owner.metrics_url + "/health", timeout=5).status_code == 200,
+               timeout=20, what="the first worker to reach Redis again")
+    wait_until(lambda: statuses(q.url, moody + once) == expected, timeout=30,
+               what="every newest event applied, none lost")
+    time.sleep(5)  # a stale batch still retried by the first worker lands within its 2 s backoff
+    assert statuses(q.url, moody + once) == expected
+    assert owner.alive() and other.alive()
 
 
 # --------------------------------------------------------------------------------------------------
