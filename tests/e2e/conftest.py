@@ -56,11 +56,26 @@ _ports_given = set()
 PORT_RANGE = (20000, 32000)
 
 
+def worker_port_range():
+    """The part of PORT_RANGE this pytest process hands out ports from. Under pytest-xdist (`-n N`)
+    worker gwI of N gets the I-th of N equal slices, so that two workers never pick the same port
+    between one's check and its program's bind; a plain run gets all of PORT_RANGE."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count <= 1:
+        return PORT_RANGE
+    index = int(worker[2:])
+    size = (PORT_RANGE[1] - PORT_RANGE[0] + 1) // count
+    return PORT_RANGE[0] + index * size, PORT_RANGE[0] + (index + 1) * size - 1
+
+
 def free_port():
-    """A TCP port that is free right now, outside the ephemeral range, and never one this test run
-    handed out before (one config holds several ports that must differ)."""
+    """A TCP port that is free right now, outside the ephemeral range, in this worker's slice of it
+    (worker_port_range), and never one this test run handed out before (one config holds several
+    ports that must differ)."""
+    lo, hi = worker_port_range()
     for _ in range(1000):
-        port = random.randint(*PORT_RANGE)
+        port = random.randint(lo, hi)
         if port in _ports_given:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -70,7 +85,26 @@ def free_port():
                 continue
         _ports_given.add(port)
         return port
-    raise RuntimeError("no free port in %d-%d after 1000 tries" % PORT_RANGE)
+    raise RuntimeError("no free port in %d-%d after 1000 tries" % (lo, hi))
+
+
+def consecutive_free_ports(n):
+    """A port p such that p .. p+n-1 are all free now and in this worker's slice (children of
+    `worker.processes` n listen on them); none of them is handed out again by free_port()."""
+    lo, hi = worker_port_range()
+    for _ in range(100):
+        p = free_port()
+        if p + n - 1 > hi or any(p + i in _ports_given for i in range(1, n)):
+            continue
+        try:
+            for i in range(1, n):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind(("127.0.0.1", p + i))
+        except OSError:
+            continue
+        _ports_given.update(range(p, p + n))
+        return p
+    raise RuntimeError("no %d consecutive free ports in %d-%d" % (n, lo, hi))
 
 
 def wait_until(cond, timeout=POLL_TIMEOUT, interval=0.1, what="condition"):

@@ -249,7 +249,7 @@ def test_disabled_changes_create_no_topic_and_no_index(ns, redis):
     ns.producer.event("active", "u4", time_ms=whole_second_ms())
     ns.producer.flush()
     wait_until(lambda: redis("ZSCORE", ns.bucket_keys("u4")["a"], "u4") is not None, what="u4 in the status store")
-    c = Consumer({"bootstrap.servers": KAFKA, "group.id": "us-e2e-md"})
+    c = Consumer({"bootstrap.servers": KAFKA, "group.id": ns.group + "-md"})
     try:
         assert ns.changes not in c.list_topics(timeout=10).topics
     finally:

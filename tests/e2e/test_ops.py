@@ -1,13 +1,13 @@
 """Operations: TTL, /health and /metrics, behaviour when Kafka is unreachable, worker restarts."""
 import random
 import re
-import socket
 import time
 
 import pytest
 import requests
 
-from conftest import BUILD, WORKER_BIN, Proc, api, child_env, free_port, now_ms, status, statuses, wait_until
+from conftest import (BUILD, WORKER_BIN, Proc, api, child_env, consecutive_free_ports, now_ms, status, statuses,
+                      wait_until)
 
 PROM_SAMPLE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? [-+0-9.eEaNInf]+( -?[0-9]+)?$")
 
@@ -186,20 +186,6 @@ def test_two_workers_share_partitions(ns):
     ns.producer.flush()
     wait_until(lambda: statuses(q.url, users) == [{"user": u, "active": t // 1000} for u in users],
                timeout=40, what="100 users applied by two workers")
-
-
-def consecutive_free_ports(n):
-    """A port p such that p .. p+n-1 are all free now (children of --processes n use them)."""
-    for _ in range(100):
-        p = free_port()
-        try:
-            for i in range(1, n):
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                    s.bind(("127.0.0.1", p + i))
-            return p
-        except OSError:
-            continue
-    raise RuntimeError("no %d consecutive free ports" % n)
 
 
 def test_supervisor_starts_a_worker_process_whose_fork_failed(ns):

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -103,33 +102,23 @@ class Shards(Topology):
         return {"redis_address": [s.addr for s in self.nodes]}
 
 
-def cluster_port():
-    """A free port P below 55536 whose cluster bus port P + 10000 is free too."""
-    import random
-    for _ in range(200):
-        p = random.randint(21000, 45000)
-        ok = True
-        for q in (p, p + 10000):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", q))
-                except OSError:
-                    ok = False
-        if ok:
-            return p
-    raise RuntimeError("no free port pair for a cluster node")
-
-
 class Cluster(Topology):
     """A Redis Cluster of n masters (no replicas), all slots assigned."""
 
     def __init__(self, n=3, ports=None):
         super().__init__()
-        ports = ports or [cluster_port() for _ in range(n)]
+        if ports:  # given by hand (main()): the default bus ports, client port + 10000
+            bus = [None] * len(ports)
+        else:
+            # Bus ports are chosen like client ports (free, in this test worker's slice of the port
+            # range), not left at client port + 10000, which may be taken or in another's slice.
+            ports = [free_port() for _ in range(n)]
+            bus = [free_port() for _ in range(n)]
         self.nodes = [self._server(p, self.workdir, ["--cluster-enabled", "yes",
                                                      "--cluster-config-file", "nodes-%d.conf" % p,
-                                                     "--cluster-node-timeout", "5000"])
-                      for p in ports]
+                                                     "--cluster-node-timeout", "5000"]
+                                   + (["--cluster-port", str(b)] if b else []))
+                      for p, b in zip(ports, bus)]
         subprocess.run(["redis-cli", "--cluster", "create"] + [s.addr for s in self.nodes]
                        + ["--cluster-replicas", "0", "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)
