@@ -49,8 +49,8 @@ REQ="$ROOT/tests/e2e/requirements.txt"
 if [[ ! -f "$REQ" ]]; then
     warn "$REQ missing; writing the default one"
     mkdir -p "$(dirname "$REQ")"
-    printf '%s\n' 'pytest==9.2.0' 'confluent-kafka==2.16.1' 'msgpack==1.2.4' 'requests==2.34.2' \
-        'selenium==4.51.0' >"$REQ"
+    printf '%s\n' 'pytest==9.2.0' 'pytest-xdist==3.8.0' 'confluent-kafka==2.16.1' 'msgpack==1.2.4' \
+        'requests==2.34.2' 'selenium==4.51.0' >"$REQ"
 fi
 # Debian's python3 (with python3-venv) is preferred; any python3 works.
 PY_BASE="/usr/bin/python3"

@@ -8,6 +8,7 @@
 # 5. builds build-fuzz/ (clang, libFuzzer) and fuzzes each target for a bounded time (tests/fuzz/run.sh)
 # Exit code non-zero if any build or test fails.
 # Env: USERSTATUS_CACHE, USERSTATUS_JOBS (build jobs, default 2), USERSTATUS_SKIP_ASAN=1 (quick run),
+#      USERSTATUS_E2E_JOBS (pytest-xdist workers running the e2e tests, default 4; 1 = serial),
 #      USERSTATUS_KEEP_SERVICES=1 (leave Kafka/Redis running afterwards),
 #      USERSTATUS_FUZZ_SECONDS (libFuzzer seconds per target after the suites, default 45; 0 skips),
 #      TEST_KAFKA_PORT / TEST_KAFKA_CONTROLLER_PORT / TEST_REDIS_PORT (defaults 19092 / 19093 / 16379).
@@ -61,7 +62,8 @@ else
 fi
 "$ROOT/scripts/redis.sh" start
 
-COMMON=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DUSERSTATUS_WERROR=ON "-DUSERSTATUS_PYTHON=$VENV/bin/python")
+COMMON=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DUSERSTATUS_WERROR=ON "-DUSERSTATUS_PYTHON=$VENV/bin/python"
+        "-DUSERSTATUS_E2E_JOBS=${USERSTATUS_E2E_JOBS:-4}")
 declare -A RESULT=()
 TOTAL_PASSED=0 TOTAL_FAILED=0
 ORDER=(build)
