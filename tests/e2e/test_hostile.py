@@ -34,7 +34,7 @@ def hostile(tmp_path_factory):
     q.port = cfg["port"]
     yield q
     errors = ns.close()
-    delete_topics([ns.topic, ns.dlq])
+    delete_topics([ns.topic, ns.dlq, ns.changes])
     assert not errors, "\n".join(errors)
 
 
