@@ -39,7 +39,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #define API_PREFIX "/api/"
 #define API_V4_PATH "/api"    /* Centrifugo v4's single endpoint: {"method","params"}. */
@@ -687,10 +686,12 @@ void us_api_stop(us_api *api)
     if (!api) return;
     us_watch_quiesce(api->watch); /* Streams end: none stays suspended. */
     if (api->daemon) {
-        /* Stops accepting. The listening socket is ours to close, but only once MHD_stop_daemon
-         * returned: its threads still hold it in their epoll sets until then. */
-        MHD_socket listener = MHD_quiesce_daemon(api->daemon);
-        /* The core is quiesced: every suspended request has been resumed; give the daemon's
+        /* No MHD_quiesce_daemon: with epoll and internal threads it races with the threads'
+         * own removal of the listening socket from their epoll sets and aborts the process
+         * ("Failed to remove listen FD from epoll set", seen in CI; a libmicrohttpd defect).
+         * Connections accepted until MHD_stop_daemon meet a quiesced core, which answers every
+         * new call at once with "shutting down".
+         * The core is quiesced: every suspended request has been resumed; give the daemon's
          * threads a moment to send their replies and the streams' last bytes. */
         for (int waited = 0;
              (atomic_load(&api->suspended) > 0 || us_watch_streams(api->watch) > 0) &&
@@ -701,7 +702,6 @@ void us_api_stop(us_api *api)
             us_warn("stopping with %d resumed request(s) not answered yet; their connections "
                     "are closed", atomic_load(&api->suspended));
         MHD_stop_daemon(api->daemon);
-        if (listener != MHD_INVALID_SOCKET) close(listener);
     }
     us_admin_http_stop(api->metrics_http);
     us_watch_free(api->watch);
