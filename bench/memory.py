@@ -52,6 +52,15 @@ def start_redis(work, name="redis"):
     raise RuntimeError("redis-server on port %d did not answer" % port)
 
 
+def sample_encodings(port, pattern, n=200):
+    """{encoding: count} over up to n keys matching pattern (listpack vs skiplist buckets)."""
+    enc = {}
+    for k in cli(port, "--scan", "--pattern", pattern).split()[:n]:
+        e = cli(port, "OBJECT", "ENCODING", k).strip()
+        enc[e] = enc.get(e, 0) + 1
+    return enc
+
+
 def used_memory(port):
     return int(re.search(r"used_memory:(\d+)", cli(port, "INFO", "memory")).group(1))
 
@@ -83,11 +92,7 @@ def measure(build, users, reads, rounds, expected=None):
                     o["bytes_per_user"] = (used_memory(port) - empty) / users
                     o["keys"] = int(cli(port, "DBSIZE"))
                     if m == "buckets":
-                        enc = {}
-                        for k in cli(port, "--scan", "--pattern", "bench:*:o").split()[:200]:
-                            e = cli(port, "OBJECT", "ENCODING", k).strip()
-                            enc[e] = enc.get(e, 0) + 1
-                        o["sampled_online_set_encodings"] = enc
+                        o["sampled_online_set_encodings"] = sample_encodings(port, "bench:*:o")
     finally:
         redis.terminate()
         redis.wait(30)

@@ -50,7 +50,7 @@ from confluent_kafka import Producer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
-from memory import cli, start_redis  # noqa: E402
+from memory import cli, sample_encodings, start_redis  # noqa: E402
 from run import metric, rss_mb, wait_http, wait_port, wrk  # noqa: E402
 from conftest import KAFKA, admin, child_env, create_topics, delete_topics, free_port  # noqa: E402
 
@@ -395,11 +395,7 @@ def run_model(args, model, topic, base_s, work):
         res["redis_bytes_per_user"] = (used - empty) / args.users
         res["redis_keys"] = int(cli(rport, "DBSIZE"))
         if model == "buckets":
-            enc = {}
-            for k in cli(rport, "--scan", "--pattern", "userstatus:*:o").split()[:200]:
-                e = cli(rport, "OBJECT", "ENCODING", k).strip()
-                enc[e] = enc.get(e, 0) + 1
-            res["sampled_online_set_encodings"] = enc
+            res["sampled_online_set_encodings"] = sample_encodings(rport, "userstatus:*:o")
 
         # --- reads -------------------------------------------------------------------------
         query = subprocess.Popen([os.path.join(args.build, "query", "userstatus-query"),

@@ -219,19 +219,28 @@ def test_worker_stops_on_sigterm_after_its_topic_was_deleted(ns):
     w.stop_ok()  # exit status 0 within the harness's stop timeout
 
 
+def owner_behind_proxy(ns, redis_proxy, topic, partitions):
+    """A topic of `partitions` partitions and a first worker that owns them all and reaches Redis
+    through redis_proxy (so that the test can cut it off alone); max.poll.interval.ms is 10 s.
+    Returns (the config of the test without the proxy, the owner)."""
+    ns.create_topic(topic, partitions=partitions)
+    props = dict(FAST_GROUP, **{"max.poll.interval.ms": "10000"})
+    base = ns.config(kafka={"topic": topic, "properties": props},
+                     user_status={"redis_io_timeout": "1s", "redis_connect_timeout": "500ms"})
+    owner = ns.start_worker(worker_cfg(ns, deep_merge(base, {"user_status": {"redis_address": redis_proxy.addr}})))
+    wait_until(lambda: metric(owner, "userstatus_worker_assigned_partitions") == partitions, timeout=30,
+               what="the first worker to own every partition")
+    return base, owner
+
+
 def test_worker_cut_off_from_redis_never_undoes_newer_writes(ns, redis_proxy):
     """The owner of a partition cannot reach Redis for longer than max.poll.interval.ms (everything
     else can). Whatever the group does meanwhile (before the fix it evicted the stuck owner and the
     other worker applied the newer events), the owner must never write its old batch after the
     newer events: a stale delete would erase a newer status, a stale state overwrite a newer one."""
-    topic = ns.topic + "_one"
-    ns.create_topic(topic, partitions=1)  # one partition: one owner, one idle member
-    props = dict(FAST_GROUP, **{"max.poll.interval.ms": "10000"})
-    base = ns.config(kafka={"topic": topic, "properties": props},
-                     user_status={"redis_io_timeout": "1s", "redis_connect_timeout": "500ms"})
-    owner = ns.start_worker(worker_cfg(ns, deep_merge(base, {"user_status": {"redis_address": redis_proxy.addr}})))
-    wait_until(lambda: metric(owner, "userstatus_worker_assigned_partitions") == 1, timeout=30,
-               what="the first worker to own the partition")
+    # one partition: one owner, one idle member
+    base, owner = owner_behind_proxy(ns, redis_proxy, ns.topic + "_one", 1)
+    topic = base["kafka"]["topic"]
     other = ns.start_worker(worker_cfg(ns, base))
     wait_until(lambda: metric(other, "userstatus_worker_rebalances_total") >= 1, timeout=30,
                what="the second worker to join the group")
@@ -279,14 +288,8 @@ def test_rebalance_while_the_owner_cannot_reach_redis_loses_nothing_and_undoes_n
     give one partition up without writing its stale events (the newcomer applies them, then newer
     ones), keep the other partition's events (rewound, applied once Redis is back), and never write
     its old batch over the newer events."""
-    topic = ns.topic + "_two"
-    ns.create_topic(topic, partitions=2)
-    props = dict(FAST_GROUP, **{"max.poll.interval.ms": "10000"})
-    base = ns.config(kafka={"topic": topic, "properties": props},
-                     user_status={"redis_io_timeout": "1s", "redis_connect_timeout": "500ms"})
-    owner = ns.start_worker(worker_cfg(ns, deep_merge(base, {"user_status": {"redis_address": redis_proxy.addr}})))
-    wait_until(lambda: metric(owner, "userstatus_worker_assigned_partitions") == 2, timeout=30,
-               what="the first worker to own both partitions")
+    base, owner = owner_behind_proxy(ns, redis_proxy, ns.topic + "_two", 2)
+    topic = base["kafka"]["topic"]
     q = ns.start_query(base)
     p = KafkaProducer(topic)
     t0 = now_ms() - 60_000
