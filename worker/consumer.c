@@ -573,12 +573,13 @@ static int close_consumer(worker *w)
 /* Bounds the destruction of librdkafka's handles at exit. librdkafka 2.0 can block for good in
  * rd_kafka_destroy, joining a broker thread, when the consumed topic was deleted under the consumer
  * (seen at shutdown right after a topic deletion). By then the group is left and every offset of
- * ours committed, so when destroying takes longer than DESTROY_TIMEOUT_MS the process ends
- * (exit status 0) instead of ignoring SIGTERM until it is killed. */
+ * ours committed, so when destroying takes longer than DESTROY_TIMEOUT_MS the process ends (with
+ * the status it was going to exit with) instead of ignoring SIGTERM until it is killed. */
 typedef struct exit_watchdog {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int done;
+    int status; /* The exit status if it has to end the process. */
     pthread_t thread;
     int started;
 } exit_watchdog;
@@ -595,19 +596,20 @@ static void *exit_watchdog_main(void *arg)
     int done = wd->done;
     pthread_mutex_unlock(&wd->mu);
     if (!done) {
-        us_warn("librdkafka did not finish shutting down within %d ms; exiting anyway (offsets "
-                "are committed and the group is left)",
-                DESTROY_TIMEOUT_MS);
-        _exit(0);
+        us_warn("librdkafka did not finish shutting down within %d ms; exiting anyway%s",
+                DESTROY_TIMEOUT_MS,
+                wd->status == 0 ? " (offsets are committed and the group is left)" : "");
+        _exit(wd->status);
     }
     return NULL;
 }
 
-static void exit_watchdog_start(exit_watchdog *wd)
+static void exit_watchdog_start(exit_watchdog *wd, int status)
 {
     pthread_mutex_init(&wd->mu, NULL);
     pthread_cond_init(&wd->cv, NULL);
     wd->done = 0;
+    wd->status = status;
     wd->started = pthread_create(&wd->thread, NULL, exit_watchdog_main, wd) == 0;
 }
 
@@ -956,7 +958,7 @@ out:
         w.changes = NULL; /* Its producer too. */
     }
     exit_watchdog wd;
-    exit_watchdog_start(&wd);
+    exit_watchdog_start(&wd, rc == 0 || rc == US_WORKER_EXIT_NOW ? 0 : 1);
     if (w.consumer) rd_kafka_destroy_flags(w.consumer, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     if (w.dlq) {
         rd_kafka_flush(w.dlq, DLQ_FLUSH_SLICE_MS);
