@@ -103,7 +103,7 @@ struct us_status_model {
     char *prefix;
     int64_t expire_ms;
     int64_t trim_period_ms;
-    int64_t ttl_ms; /* expire_ms + trim_period_ms */
+    char ttl[US_INT_TEXT_MAX]; /* expire_ms + trim_period_ms as text: every PEXPIRE's argument. */
     size_t nshards;
     uint32_t nbuckets; /* Per shard. */
     struct trim_slot *trims; /* When this process last trimmed each bucket (trim_slot). */
@@ -219,7 +219,7 @@ static us_status_model *create(const us_config *cfg, size_t nshards, char *err, 
     m->trim_period_ms = m->expire_ms / TRIM_PERIOD_DIVISOR;
     if (m->trim_period_ms > TRIM_PERIOD_MAX_MS) m->trim_period_ms = TRIM_PERIOD_MAX_MS;
     if (m->trim_period_ms < 1) m->trim_period_ms = 1;
-    m->ttl_ms = m->expire_ms + m->trim_period_ms;
+    us_i64_cstr(m->ttl, m->expire_ms + m->trim_period_ms);
     m->nshards = nshards ? nshards : 1;
     m->nbuckets = us_bucket_count(cfg->user_status.expected_users, m->nshards);
     return m;
@@ -372,16 +372,16 @@ static void apply_append(void *arg, size_t gi, us_pipe_sink *s)
     const group *g = &m->groups[gi];
     const entry *e = &m->entries[g->first];
     set_keys(m, g->place);
-    char ttl[24], cutoff[24];
-    snprintf(ttl, sizeof(ttl), "%lld", (long long)m->ttl_ms);
+    const char *ttl = m->ttl;
 
     us_pipe_cmd1(s, "MULTI");
     if (g->trim) {
-        snprintf(cutoff, sizeof(cutoff), "%lld", (long long)c->cutoff);
+        char cutoff[US_INT_TEXT_MAX];
+        size_t cutoff_len = us_i64_text(cutoff, c->cutoff);
         const char *argv[8] = {"EVAL", TRIM_SCRIPT, "3", m->key[0], m->key[1], m->key[2],
                                cutoff, ttl};
         size_t lens[8] = {4, sizeof(TRIM_SCRIPT) - 1, 1, m->klen[0], m->klen[1], m->klen[2],
-                          strlen(cutoff), strlen(ttl)};
+                          cutoff_len, strlen(ttl)};
         us_pipe_cmd(s, 8, argv, lens);
     }
 

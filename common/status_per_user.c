@@ -20,7 +20,8 @@
 
 struct us_status_model {
     char *prefix;
-    int64_t expire_ms;
+    char ttl[US_INT_TEXT_MAX]; /* user_status.expire_interval in ms: every PEXPIRE's argument. */
+    size_t ttl_len;
     size_t nshards;
     char key[KEY_MAX]; /* The key of the item being routed or appended. */
     size_t klen;
@@ -42,7 +43,7 @@ static us_status_model *create(const us_config *cfg, size_t nshards, char *err, 
     if (!m) abort();
     m->prefix = strdup(cfg->user_status.redis_prefix);
     if (!m->prefix) abort();
-    m->expire_ms = cfg->user_status.expire_interval_ms;
+    m->ttl_len = us_i64_cstr(m->ttl, cfg->user_status.expire_interval_ms);
     m->nshards = nshards;
     if (strlen(m->prefix) + 1 + US_USER_ID_MAX > KEY_MAX) {
         snprintf(err, errlen, "config key 'user_status.redis_prefix': longer than %d bytes",
@@ -116,7 +117,7 @@ static void apply_append(void *arg, size_t i, us_pipe_sink *s)
         size_t zlen[4] = {16, klen, 2, 2};
         us_pipe_cmd(s, 4, zrem, zlen);
     }
-    char ta[24], to[24], ttl[24];
+    char ta[US_INT_TEXT_MAX], to[US_INT_TEXT_MAX];
     char member[sizeof(STATE_MEMBER_PREFIX) + US_STATE_MAX];
     const char *argv[10];
     size_t lens[10];
@@ -144,8 +145,8 @@ static void apply_append(void *arg, size_t i, us_pipe_sink *s)
     }
     us_pipe_cmd(s, argc, argv, lens);
 
-    const char *exp[3] = {"PEXPIRE", key, ttl};
-    size_t elen[3] = {7, klen, (size_t)snprintf(ttl, sizeof(ttl), "%lld", (long long)m->expire_ms)};
+    const char *exp[3] = {"PEXPIRE", key, m->ttl};
+    size_t elen[3] = {7, klen, m->ttl_len};
     us_pipe_cmd(s, 3, exp, elen);
     us_pipe_cmd1(s, "EXEC");
 }
