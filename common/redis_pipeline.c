@@ -156,6 +156,7 @@ void us_pipeline_release(us_pipeline *p)
     free(p->todo);
     free(p->retry);
     free(p->fmt);
+    free(p->await_fds);
     memset(p, 0, sizeof(*p));
 }
 
@@ -298,6 +299,18 @@ int us_pipeline_run(us_pipeline *p, const us_pipe_op *op, char *err, size_t errl
                     return -1;
                 }
             }
+        }
+
+        if (p->await) {
+            size_t nfds = 0;
+            if (p->await_cap < t->nnodes) {
+                p->await_fds = realloc(p->await_fds, t->nnodes * sizeof(int));
+                if (!p->await_fds) abort();
+                p->await_cap = t->nnodes;
+            }
+            for (size_t k = 0; k < t->nnodes; k++)
+                if (t->nodes[k].pending) p->await_fds[nfds++] = t->nodes[k].c->fd;
+            p->await(p->await_arg, p->await_fds, nfds);
         }
 
         /* Read the replies back in the order they were appended. */

@@ -41,9 +41,19 @@ typedef struct us_pipe_op {
     void (*refused)(void *ctx, size_t i, const char *error);
 } us_pipe_op;
 
+/* Called after a round's commands are sent, before its replies are read: returns once each of
+ * the nnodes sockets is readable, or when it gives up waiting (the reads then block, bounded by
+ * the connections' I/O timeout). Lets an event loop serve other work while Redis answers. It must
+ * not use the pipeline it is called from. */
+typedef void (*us_pipe_await_fn)(void *arg, const int *fds, size_t nfds);
+
 /* Scratch of the operations of one store; grown, never shrunk. */
 typedef struct us_pipeline {
     us_topology *topo;
+    us_pipe_await_fn await; /* NULL: read at once. */
+    void *await_arg;
+    int *await_fds;         /* Scratch: one per node. */
+    size_t await_cap;
     struct us_pipe_plan *plans;
     size_t *todo, *retry;
     size_t cap;

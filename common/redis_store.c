@@ -112,6 +112,12 @@ int us_redis_apply(us_redis *r, const us_user_update *updates, size_t n, uint8_t
     return nrefused;
 }
 
+void us_redis_set_await(us_redis *r, us_pipe_await_fn fn, void *arg)
+{
+    r->pipe.await = fn;
+    r->pipe.await_arg = arg;
+}
+
 int us_redis_get(us_redis *r, const us_user_ref *users, size_t n, us_status *out, char *err,
                  size_t errlen)
 {

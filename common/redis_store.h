@@ -44,6 +44,9 @@ int us_redis_apply(us_redis *r, const us_user_update *updates, size_t n, uint8_t
 int us_redis_get(us_redis *r, const us_user_ref *users, size_t n, us_status *out, char *err,
                  size_t errlen);
 
+/* Sets the hook that runs while the store waits for replies (us_pipe_await_fn). */
+void us_redis_set_await(us_redis *r, us_pipe_await_fn fn, void *arg);
+
 /* Registers the store's metrics (redirects followed, slot map refreshes, sentinel look-ups, bucket
  * trims and fill). Call once at start-up, before any us_redis is used. */
 void us_redis_metrics_register(void);

@@ -23,6 +23,7 @@
 #include "admin_http.h"
 #include "clock.h"
 #include "http_internal.h"
+#include "http_loop.h"
 #include "json_writer.h"
 #include "log.h"
 #include "metrics.h"
@@ -51,6 +52,7 @@ typedef enum route { ROUTE_OTHER, ROUTE_API, ROUTE_API_V4, ROUTE_PROXY } route;
 typedef struct request {
     us_api *api;
     struct MHD_Connection *conn;
+    us_http_loop *loop; /* conn's (http_loop.h). */
     route route;
     char *body;
     size_t len, cap;
@@ -70,7 +72,7 @@ struct us_api {
     us_reader *reader;
     us_proxy *proxy;
     us_watch *watch; /* NULL when changes.enabled is false. */
-    struct MHD_Daemon *daemon;
+    us_http_loops *loops;
     us_admin_http *metrics_http; /* query.metrics_port's listener, or NULL. */
     _Atomic int suspended; /* Requests suspended and not yet answered. */
     us_metric *m_requests, *m_unauthorized, *m_malformed, *m_too_large, *m_get, *m_update,
@@ -373,7 +375,7 @@ static void suspend_request(void *arg)
 static void resume_request(us_call *call, void *arg)
 {
     request *req = arg;
-    MHD_resume_connection(req->conn);
+    us_http_loop_resume(req->loop, req->conn);
 }
 
 /* Answers a request with one error reply (a command that never ran). */
@@ -513,6 +515,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         if (!req) return MHD_NO;
         req->api = api;
         req->conn = conn;
+        req->loop = us_http_loop_current();
         req->route = route_of(url);
         req->unauthorized = req->route != ROUTE_OTHER && !api_key_authorized(api->cfg, conn);
         *con_cls = req;
@@ -596,6 +599,32 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
+/* The event loops' hooks (http_loop.h): the reads a pass started share one round trip, on the
+ * loop's thread, which serves its other connections while Redis answers. */
+static void await_replies(void *arg, const int *fds, size_t nfds)
+{
+    (void)arg;
+    us_http_loop_await(fds, nfds, READER_INLINE_TIMEOUT_MS);
+}
+
+static void loop_begin(void *arg)
+{
+    us_api *api = arg;
+    us_reader_loop_begin(api->reader, await_replies, NULL);
+}
+
+static void loop_end(void *arg)
+{
+    us_api *api = arg;
+    us_reader_loop_end(api->reader);
+}
+
+static int loop_pass(void *arg)
+{
+    us_api *api = arg;
+    return us_reader_flush(api->reader);
+}
+
 static void register_metrics(us_api *api)
 {
     api->m_requests = us_metric_counter("userstatus_query_http_requests_total",
@@ -648,18 +677,24 @@ us_api *us_api_start(const us_config *cfg, us_core *core, us_producer *producer,
     }
     register_metrics(api);
 
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
-                     MHD_USE_ITC;
-    if (sa.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
-    api->daemon = MHD_start_daemon(
-        flags, (uint16_t)cfg->port, NULL, NULL, handle, api, MHD_OPTION_SOCK_ADDR, &sa,
-        MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)cfg->query.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)(cfg->query.connection_timeout_ms / 1000), MHD_OPTION_NOTIFY_COMPLETED,
-        completed, NULL, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);
-    if (!api->daemon) {
-        snprintf(err, errlen, "cannot listen on %s:%d (in use, or not an address of this host?)",
-                 cfg->address, cfg->port);
+    us_http_loop_spec spec = {
+        .addr = (const struct sockaddr *)&sa,
+        .threads = threads,
+        .max_connections = (unsigned)cfg->query.max_connections,
+        .connection_timeout_s = (unsigned)(cfg->query.connection_timeout_ms / 1000),
+        .handler = handle,
+        .handler_arg = api,
+        .completed = completed,
+        .thread_begin = loop_begin,
+        .thread_end = loop_end,
+        .pass = loop_pass,
+        .hook_arg = api,
+    };
+    api->loops = us_http_loops_start(&spec, err, errlen);
+    if (!api->loops) {
+        char why[256];
+        snprintf(why, sizeof(why), "%s", err);
+        snprintf(err, errlen, "cannot listen on %s:%d (%s)", cfg->address, cfg->port, why);
         us_api_stop(api);
         return NULL;
     }
@@ -685,7 +720,7 @@ void us_api_stop(us_api *api)
 {
     if (!api) return;
     us_watch_quiesce(api->watch); /* Streams end: none stays suspended. */
-    if (api->daemon) {
+    if (api->loops) {
         /* No MHD_quiesce_daemon: with epoll and internal threads it races with the threads'
          * own removal of the listening socket from their epoll sets and aborts the process
          * ("Failed to remove listen FD from epoll set", seen in CI; a libmicrohttpd defect).
@@ -701,7 +736,7 @@ void us_api_stop(us_api *api)
         if (atomic_load(&api->suspended) > 0)
             us_warn("stopping with %d resumed request(s) not answered yet; their connections "
                     "are closed", atomic_load(&api->suspended));
-        MHD_stop_daemon(api->daemon);
+        us_http_loops_stop(api->loops);
     }
     us_admin_http_stop(api->metrics_http);
     us_watch_free(api->watch);

@@ -366,7 +366,7 @@ static void start_cmd(us_core *core, us_call *call, size_t i, int64_t now_ms)
         c->pending++;
         call->ops++;
         pthread_mutex_unlock(&core->mu);
-        us_reader_submit(core->reader, job);
+        if (!us_reader_defer(core->reader, job)) us_reader_submit(core->reader, job);
         return;
     }
     /* Count first: a delivery report may arrive before us_producer_send returns. */

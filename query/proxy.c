@@ -23,6 +23,7 @@
 #include "clock.h"
 #include "debounce.h"
 #include "http_internal.h"
+#include "http_loop.h"
 #include "json_writer.h"
 #include "log.h"
 #include "metrics.h"
@@ -39,6 +40,7 @@
 typedef struct pending {
     us_proxy *proxy;
     struct MHD_Connection *conn;
+    us_http_loop *loop; /* conn's (http_loop.h). */
     us_proxy_endpoint endpoint;
     json_t *doc; /* The request's JSON, which the call's user and state point into. */
     us_call *call;
@@ -209,7 +211,7 @@ static void suspend_pending(void *arg)
 static void resume_pending(us_call *call, void *arg)
 {
     pending *pd = arg;
-    MHD_resume_connection(pd->conn);
+    us_http_loop_resume(pd->loop, pd->conn);
 }
 
 /* Sends the reply of a request whose call is complete (acknowledged, failed, or past
@@ -247,6 +249,7 @@ static enum MHD_Result produce(us_proxy *p, struct MHD_Connection *conn, json_t 
     if (!pd) abort();
     pd->proxy = p;
     pd->conn = conn;
+    pd->loop = us_http_loop_current();
     pd->endpoint = call->endpoint;
     pd->doc = doc;
     pd->claim = *claim;

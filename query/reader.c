@@ -33,10 +33,15 @@
 #define MAX_USERS_PER_ROUND 8192 /* Users read in one round; bounds a round's latency. */
 #define READER_PING_MS 1000      /* An idle reader thread PINGs Redis this often. Milliseconds. */
 
-/* One thread's store for inline reads. */
+/* One thread's store for inline reads, and, on an event-loop thread, its deferred reads. Only
+ * that thread touches it, except for the list links. */
 typedef struct inline_store {
     us_reader *rd;
     us_redis *redis;
+    int loop;                    /* The thread called us_reader_loop_begin. */
+    us_read_job *dhead, *dtail;  /* Deferred jobs, until us_reader_flush. */
+    size_t dusers;               /* Their users. */
+    struct round_buf *buf;       /* Scratch of the flush's round trip; made on first use. */
     struct inline_store *prev, *next; /* In rd->inline_list, under rd->mu. */
 } inline_store;
 
@@ -74,24 +79,29 @@ static void set_health(us_reader *rd, int ok, const char *err)
     if (was == 0 && ok) us_info("reader: Redis is healthy again");
 }
 
+/* The scratch arrays of one round trip: the users of every job, then their statuses. */
+typedef struct round_buf {
+    us_user_ref *users;
+    us_status *out;
+    size_t cap;
+} round_buf;
+
 /* One reader thread's own connections and scratch arrays. */
 typedef struct reader_thread {
     us_reader *rd;
     us_redis *redis;
-    us_user_ref *users;
-    us_status *out;
-    size_t cap;
+    round_buf buf;
 } reader_thread;
 
-static void reserve(reader_thread *t, size_t n)
+static void reserve(round_buf *b, size_t n)
 {
-    if (n <= t->cap) return;
-    free(t->users);
-    free(t->out);
-    t->users = malloc(n * sizeof(*t->users));
-    t->out = malloc(n * sizeof(*t->out));
-    if (!t->users || !t->out) abort();
-    t->cap = n;
+    if (n <= b->cap) return;
+    free(b->users);
+    free(b->out);
+    b->users = malloc(n * sizeof(*b->users));
+    b->out = malloc(n * sizeof(*b->out));
+    if (!b->users || !b->out) abort();
+    b->cap = n;
 }
 
 /* Takes queued jobs, up to MAX_USERS_PER_ROUND users (at least one job). Called locked. */
@@ -111,30 +121,44 @@ static us_read_job *take_jobs(us_reader *rd, size_t *nusers)
     return first;
 }
 
-static void run_round(reader_thread *t, us_read_job *jobs, size_t nusers)
+/* Reads the users of a list of jobs (nusers in all) in one pipelined round trip per node, and
+ * fills each job's out. 0, or -1 with err set (no job's out is touched). */
+static int read_jobs(us_redis *redis, round_buf *b, us_read_job *jobs, size_t nusers, char *err,
+                     size_t errlen)
 {
-    reserve(t, nusers ? nusers : 1);
+    reserve(b, nusers ? nusers : 1);
     size_t k = 0;
     for (us_read_job *j = jobs; j; j = j->next) {
-        memcpy(t->users + k, j->users, j->n * sizeof(*t->users));
+        memcpy(b->users + k, j->users, j->n * sizeof(*b->users));
         k += j->n;
     }
+    if (us_redis_get(redis, b->users, nusers, b->out, err, errlen) != 0) return -1;
+    k = 0;
+    for (us_read_job *j = jobs; j; j = j->next) {
+        memcpy(j->out, b->out + k, j->n * sizeof(*b->out));
+        k += j->n;
+    }
+    return 0;
+}
+
+/* Runs each job's done callback; failed marks them failed first. */
+static void finish_jobs(us_read_job *jobs, int failed)
+{
+    while (jobs) {
+        us_read_job *next = jobs->next; /* The job may be freed once done runs. */
+        jobs->failed = failed;
+        jobs->done(jobs);
+        jobs = next;
+    }
+}
+
+static void run_round(reader_thread *t, us_read_job *jobs, size_t nusers)
+{
     char err[256];
-    int rc = us_redis_get(t->redis, t->users, nusers, t->out, err, sizeof(err));
+    int rc = read_jobs(t->redis, &t->buf, jobs, nusers, err, sizeof(err));
     if (rc != 0) us_error("get_user_status of %zu users: %s", nusers, err);
     set_health(t->rd, rc == 0, err);
-    k = 0;
-    us_read_job *j = jobs;
-    while (j) {
-        us_read_job *next = j->next; /* j may be freed once done runs. */
-        if (rc != 0)
-            j->failed = 1;
-        else
-            memcpy(j->out, t->out + k, j->n * sizeof(*t->out));
-        k += j->n;
-        j->done(j);
-        j = next;
-    }
+    finish_jobs(jobs, rc != 0);
 }
 
 static void *reader_main(void *arg)
@@ -173,8 +197,8 @@ static void *reader_main(void *arg)
         pthread_mutex_unlock(&rd->mu);
     }
     /* t->redis is freed by us_reader_free after the join: it may still be interrupting it. */
-    free(t->users);
-    free(t->out);
+    free(t->buf.users);
+    free(t->buf.out);
     free(t);
     return NULL;
 }
@@ -182,6 +206,17 @@ static void *reader_main(void *arg)
 /* ---------------------------------------------------------------------------------------------
  * Inline reads.
  * ------------------------------------------------------------------------------------------ */
+
+static void inline_store_destroy(inline_store *st)
+{
+    us_redis_free(st->redis);
+    if (st->buf) {
+        free(st->buf->users);
+        free(st->buf->out);
+        free(st->buf);
+    }
+    free(st);
+}
 
 /* Thread exit: the thread's store goes with it. */
 static void inline_store_free(void *arg)
@@ -196,8 +231,7 @@ static void inline_store_free(void *arg)
         rd->inline_list = st->next;
     if (st->next) st->next->prev = st->prev;
     pthread_mutex_unlock(&rd->mu);
-    us_redis_free(st->redis);
-    free(st);
+    inline_store_destroy(st);
 }
 
 /* The calling thread's store, made on first use; NULL (logged) when it cannot be made. */
@@ -227,6 +261,10 @@ static inline_store *inline_store_get(us_reader *rd)
 int us_reader_read_inline(us_reader *rd, us_read_job *job)
 {
     if (job->n == 0 || job->n > READER_INLINE_MAX_USERS) return 0;
+    /* A loop's store may be waiting for a flush's replies further up this very stack (its await
+     * hook runs the loop): loops defer their reads instead. */
+    inline_store *mine = pthread_getspecific(rd->inline_key);
+    if (mine && mine->loop) return 0;
     /* Idle: nothing queued, no round trip and no other inline read under way. Under load one of
      * these holds nearly always, and the read joins the batch instead. Looser conditions (any
      * number of inline reads, one per HTTP thread) were measured and rejected: a blocked HTTP
@@ -254,6 +292,88 @@ int us_reader_read_inline(us_reader *rd, us_read_job *job)
     us_metric_add(rd->m_inline, 1);
     job->failed = 0;
     return 1;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Reads deferred to the end of an event-loop pass.
+ * ------------------------------------------------------------------------------------------ */
+
+/* Hands a list of jobs to the batched reader. */
+static void submit_all(us_reader *rd, us_read_job *jobs)
+{
+    while (jobs) {
+        us_read_job *next = jobs->next; /* us_reader_submit resets it. */
+        us_reader_submit(rd, jobs);
+        jobs = next;
+    }
+}
+
+int us_reader_loop_begin(us_reader *rd, us_pipe_await_fn await, void *arg)
+{
+    inline_store *st = inline_store_get(rd);
+    if (!st) return -1;
+    st->loop = 1;
+    us_redis_set_await(st->redis, await, arg);
+    return 0;
+}
+
+int us_reader_defer(us_reader *rd, us_read_job *job)
+{
+    inline_store *st = pthread_getspecific(rd->inline_key);
+    if (!st || !st->loop || job->n == 0 || st->dusers + job->n > MAX_USERS_PER_ROUND) return 0;
+    pthread_mutex_lock(&rd->mu);
+    int go = rd->healthy == 1 && rd->inline_ok && !rd->stop;
+    pthread_mutex_unlock(&rd->mu);
+    if (!go) return 0;
+    job->next = NULL;
+    job->failed = 0;
+    if (st->dtail)
+        st->dtail->next = job;
+    else
+        st->dhead = job;
+    st->dtail = job;
+    st->dusers += job->n;
+    return 1;
+}
+
+int us_reader_flush(us_reader *rd)
+{
+    inline_store *st = pthread_getspecific(rd->inline_key);
+    if (!st || !st->dhead) return 0;
+    us_read_job *jobs = st->dhead;
+    size_t nusers = st->dusers, njobs = 0;
+    st->dhead = st->dtail = NULL;
+    st->dusers = 0;
+    for (us_read_job *j = jobs; j; j = j->next) njobs++;
+    if (!st->buf) {
+        st->buf = calloc(1, sizeof(*st->buf));
+        if (!st->buf) abort();
+    }
+    char err[256] = "";
+    if (read_jobs(st->redis, st->buf, jobs, nusers, err, sizeof(err)) == 0) {
+        us_metric_add(rd->m_inline, njobs);
+        finish_jobs(jobs, 0);
+        return 1;
+    }
+    /* As an inline read that failed: the batched reader, with the configured timeouts, takes
+     * them, and reads stay off this thread until one of its round trips succeeds. */
+    us_debug("reader: %zu deferred read(s) of %zu users failed, handing them to the reader: %s",
+             njobs, nusers, err);
+    pthread_mutex_lock(&rd->mu);
+    rd->inline_ok = 0;
+    pthread_mutex_unlock(&rd->mu);
+    submit_all(rd, jobs);
+    return 1;
+}
+
+void us_reader_loop_end(us_reader *rd)
+{
+    inline_store *st = pthread_getspecific(rd->inline_key);
+    if (!st) return;
+    us_read_job *jobs = st->dhead;
+    st->dhead = st->dtail = NULL;
+    st->dusers = 0;
+    submit_all(rd, jobs);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -348,8 +468,7 @@ void us_reader_free(us_reader *rd)
     while (rd->inline_list) {
         inline_store *st = rd->inline_list;
         rd->inline_list = st->next;
-        us_redis_free(st->redis);
-        free(st);
+        inline_store_destroy(st);
     }
     free(rd->threads);
     free(rd->redis);

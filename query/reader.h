@@ -53,6 +53,24 @@ void us_reader_submit(us_reader *rd, us_read_job *job);
  * calling thread gets its own Redis connections, freed when the thread exits or with the reader. */
 int us_reader_read_inline(us_reader *rd, us_read_job *job);
 
+/* Event-loop threads (the HTTP front end's) defer their reads to the end of each pass of their
+ * loop, so that every request the pass parsed shares one round trip, done on the loop's own
+ * thread: no handoff to a reader thread. us_reader_loop_begin marks the calling thread as such a
+ * loop (0, or -1 when its Redis store cannot be made). On it, us_reader_defer keeps the job for
+ * the thread's next us_reader_flush and returns 1, under the conditions of inline reads (Redis
+ * healthy, no inline or deferred read failed since); otherwise, or on any other thread, it returns
+ * 0 and the caller submits the job. us_reader_flush reads every deferred job in one round trip
+ * (READER_INLINE_TIMEOUT_MS timeouts) and runs their done callbacks on the calling thread; when
+ * the round trip fails the jobs go to the batched reader instead. Returns 1 when it had jobs.
+ * While the replies are on their way the flush calls await (us_pipe_await_fn, may be NULL): the
+ * loop serves its other connections meanwhile, and reads they start wait for the next flush. */
+int us_reader_loop_begin(us_reader *rd, us_pipe_await_fn await, void *arg);
+int us_reader_defer(us_reader *rd, us_read_job *job);
+int us_reader_flush(us_reader *rd);
+/* The loop's last pass is over: reads it still deferred (started while the last flush awaited
+ * Redis) go to the batched reader, which finishes them. */
+void us_reader_loop_end(us_reader *rd);
+
 /* 0 when the last Redis round trip of the reader (a read, or the PING an idle reader thread sends
  * every READER_PING_MS) succeeded, else -1 with the reason in err. Never blocks on Redis. */
 int us_reader_health(us_reader *rd, char *err, size_t errlen);

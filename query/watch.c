@@ -29,6 +29,7 @@
 #include "changes.h"
 #include "clock.h"
 #include "coalesce.h"
+#include "http_loop.h"
 #include "json_writer.h"
 #include "kafka.h"
 #include "log.h"
@@ -64,6 +65,7 @@ typedef struct entry {
 struct stream {
     us_watch *w;
     struct MHD_Connection *conn;
+    us_http_loop *loop; /* conn's (http_loop.h). */
     _Atomic int refs;
     pthread_mutex_t mu;
     char *buf; /* Bytes not yet taken by libmicrohttpd: buf[off..len). */
@@ -150,7 +152,7 @@ static void stream_append(stream *s, const char *text, size_t n, int front)
     int resume = s->suspended;
     s->suspended = 0;
     pthread_mutex_unlock(&s->mu);
-    if (resume) MHD_resume_connection(s->conn);
+    if (resume) us_http_loop_resume(s->loop, s->conn);
 }
 
 /* Marks s to end once drained and wakes it. */
@@ -161,7 +163,7 @@ static void stream_close(stream *s)
     s->suspended = 0;
     s->closing = 1;
     pthread_mutex_unlock(&s->mu);
-    if (resume) MHD_resume_connection(s->conn);
+    if (resume) us_http_loop_resume(s->loop, s->conn);
 }
 
 /* libmicrohttpd's content reader: buffered bytes, else suspend until there are some. */
@@ -513,6 +515,7 @@ int us_watch_start(us_watch *w, struct MHD_Connection *conn, json_t *params, enu
     if (!s) abort();
     s->w = w;
     s->conn = conn;
+    s->loop = us_http_loop_current();
     s->refs = 2; /* libmicrohttpd's response, and the initial read. */
     pthread_mutex_init(&s->mu, NULL);
     size_t total = 0;
