@@ -46,6 +46,9 @@ struct us_call {
     us_cmd *cmds;
     us_read_job *jobs;   /* One per command; used by gets. */
     size_t ops;          /* Operations in flight. */
+    size_t deferred;     /* Of them, reads deferred on the starting thread's loop (reader.h). */
+    int local;           /* The front end waits for the loop's flush without suspending. */
+    us_call_wait_fn on_wait;
     size_t acked, failed; /* Events acknowledged / refused, over all commands. */
     int started, complete, released, linked;
     int64_t deadline_ms; /* Monotonic. */
@@ -327,6 +330,19 @@ static void op_delivered(void *opaque, rd_kafka_resp_err_t err)
     op_finished(c, err, 0);
 }
 
+/* A deferred read goes to a reader thread after all: a front end waiting for the loop without
+ * suspending must suspend now (us_call_wait_fn). */
+static void op_handoff(us_read_job *job)
+{
+    us_call *call = ((us_cmd *)job->arg)->call;
+    pthread_mutex_lock(&call->core->mu);
+    if (call->local && !call->complete) {
+        call->local = 0;
+        call->on_wait(call->arg, 0);
+    }
+    pthread_mutex_unlock(&call->core->mu);
+}
+
 static void op_read(us_read_job *job)
 {
     if (job->failed) us_metric_add(((us_cmd *)job->arg)->call->core->m_read_failed, 1);
@@ -362,11 +378,15 @@ static void start_cmd(us_core *core, us_call *call, size_t i, int64_t now_ms)
         /* Small reads on an idle reader finish here, without an operation in flight: the call
          * may then complete at once (us_call_start returns 1). */
         if (us_reader_read_inline(core->reader, job)) return;
+        job->handoff = op_handoff;
         pthread_mutex_lock(&core->mu);
         c->pending++;
         call->ops++;
         pthread_mutex_unlock(&core->mu);
-        if (!us_reader_defer(core->reader, job)) us_reader_submit(core->reader, job);
+        if (us_reader_defer(core->reader, job))
+            call->deferred++; /* Only this thread touches it until the call is started. */
+        else
+            us_reader_submit(core->reader, job);
         return;
     }
     /* Count first: a delivery report may arrive before us_producer_send returns. */
@@ -394,7 +414,7 @@ static void start_cmd(us_core *core, us_call *call, size_t i, int64_t now_ms)
 }
 
 int us_call_start(us_call *call, int64_t timeout_ms, us_call_done_fn done,
-                  void (*on_wait)(void *arg), void *arg)
+                  us_call_wait_fn on_wait, void *arg)
 {
     us_core *core = call->core;
     pthread_mutex_lock(&core->mu);
@@ -414,6 +434,7 @@ int us_call_start(us_call *call, int64_t timeout_ms, us_call_done_fn done,
     call->started = 1;
     call->done = done;
     call->arg = arg;
+    call->on_wait = on_wait;
     if (call->ops == 0 || core->quiesced) {
         /* Nothing to wait for (or shutting down): complete here; done is not called. */
         complete_locked(core, call, 1);
@@ -422,9 +443,17 @@ int us_call_start(us_call *call, int64_t timeout_ms, us_call_done_fn done,
     }
     call->deadline_ms = us_monotonic_ms() + timeout_ms;
     link_call(core, call);
-    if (on_wait) on_wait(arg);
+    if (on_wait) call->local = on_wait(arg, call->deferred == call->ops) == 1;
     pthread_mutex_unlock(&core->mu);
     return 0;
+}
+
+int us_call_complete(us_call *call)
+{
+    pthread_mutex_lock(&call->core->mu);
+    int complete = call->complete;
+    pthread_mutex_unlock(&call->core->mu);
+    return complete;
 }
 
 void us_call_release(us_call *call)

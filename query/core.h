@@ -124,13 +124,24 @@ int us_cmd_set(us_core *core, us_cmd *c, us_cmd_kind kind, const us_user_ref *us
 /* Marks c as failed before it runs: it gets code and reason (client-safe) instead of a result. */
 void us_cmd_fail(us_cmd *c, int code, const char *reason);
 
+/* A front end's wait hook (us_call_start), called under the core's lock, before done can run: a
+ * front end that must suspend its connection before it can be resumed (libmicrohttpd) suspends it
+ * there. local = 1 says that every operation of the call is a read deferred on the calling
+ * thread's event loop (reader.h), which finishes it in that loop's next flush, on this thread: the
+ * hook may then return 1 and not suspend (it checks us_call_complete when its loop runs next).
+ * If the loop hands the reads to a reader thread after all, the hook is called again with
+ * local = 0, and must suspend. Returns 0 when it suspended (or needs nothing). */
+typedef int (*us_call_wait_fn)(void *arg, int local);
+
 /* Starts every valid command of the call: events for updates/deletes, reads for gets. The call
  * completes within timeout_ms. Returns 1 when it is already complete (done is not called), 0 when
- * done(call, arg) will be called once. In the second case on_wait(arg), when not NULL, is called
- * first, under the core's lock, before done can possibly run: a front end that must suspend its
- * connection before it can be resumed (libmicrohttpd) suspends it there. */
+ * done(call, arg) will be called once. In the second case on_wait, when not NULL, is called first
+ * (us_call_wait_fn). */
 int us_call_start(us_call *call, int64_t timeout_ms, us_call_done_fn done,
-                  void (*on_wait)(void *arg), void *arg);
+                  us_call_wait_fn on_wait, void *arg);
+
+/* Whether the call is complete (its results may be read). */
+int us_call_complete(us_call *call);
 
 /* The front end is finished with the call (it answered, or never started it). Must not be called
  * while a started call is incomplete. Accepts NULL. */

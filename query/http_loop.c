@@ -108,7 +108,10 @@ void us_http_loop_await(const int *fds, size_t nfds, int timeout_ms)
     while (left > 0 && !atomic_load_explicit(&l->set->stop, memory_order_relaxed)) {
         int64_t now = us_monotonic_ms();
         if (now >= deadline) return;
-        int wait_ms = l->resumed ? 0 : daemon_wait_ms(l, (int)(deadline - now));
+        /* Not MHD_get_timeout: it says 0 while requests wait for the very replies awaited here
+         * (api.c's handler is called again until they are in), and connection timeouts are
+         * seconds, far beyond this wait. */
+        int wait_ms = l->resumed ? 0 : (int)(deadline - now);
         if (poll(p, 2 + n, wait_ms) < 0 && errno != EINTR) return;
         for (size_t i = 0; i < n; i++)
             if (p[2 + i].fd >= 0 && (p[2 + i].revents & (POLLIN | POLLERR | POLLHUP))) {
@@ -116,7 +119,7 @@ void us_http_loop_await(const int *fds, size_t nfds, int timeout_ms)
                 left--;
             }
         if (p[1].revents & POLLIN) drain_wake(l);
-        if (l->resumed || (p[0].revents & POLLIN) || (p[1].revents & POLLIN) || wait_ms == 0) {
+        if (l->resumed || (p[0].revents & POLLIN) || (p[1].revents & POLLIN)) {
             l->resumed = 0;
             MHD_run(l->daemon);
         }

@@ -200,11 +200,13 @@ static void pending_free(pending *pd)
     free(pd);
 }
 
-/* The core's on_wait hook: runs under the core's lock, before done can. */
-static void suspend_pending(void *arg)
+/* The core's on_wait hook (us_call_wait_fn): always suspends. */
+static int suspend_pending(void *arg, int local)
 {
+    (void)local;
     pending *pd = arg;
     MHD_suspend_connection(pd->conn);
+    return 0;
 }
 
 /* The core's done callback. */

@@ -298,11 +298,12 @@ int us_reader_read_inline(us_reader *rd, us_read_job *job)
  * Reads deferred to the end of an event-loop pass.
  * ------------------------------------------------------------------------------------------ */
 
-/* Hands a list of jobs to the batched reader. */
+/* Hands a list of deferred jobs to the batched reader. */
 static void submit_all(us_reader *rd, us_read_job *jobs)
 {
     while (jobs) {
         us_read_job *next = jobs->next; /* us_reader_submit resets it. */
+        if (jobs->handoff) jobs->handoff(jobs);
         us_reader_submit(rd, jobs);
         jobs = next;
     }

@@ -32,6 +32,9 @@ typedef struct us_read_job {
     int failed;     /* Set instead when the read failed. */
     void (*done)(struct us_read_job *job); /* Called once the job is finished, from a reader
                                             * thread; the job may be freed as soon as it runs. */
+    /* A deferred job (us_reader_defer) is about to go to a reader thread instead of its loop's
+     * flush; called on the loop's thread. NULL: nothing to do. */
+    void (*handoff)(struct us_read_job *job);
     void *arg;      /* The submitter's. */
     struct us_read_job *next;
 } us_read_job;

@@ -57,6 +57,34 @@ def test_sigterm_with_gets_suspended_on_a_frozen_redis_answers_everyone_and_exit
     assert "panic" not in q.log().lower()
 
 
+def test_get_outlasting_the_loops_read_timeout_is_handed_to_the_reader_and_answered(ns, private_redis):
+    """An HTTP thread reads the gets of each pass itself, with 50 ms timeouts (query/reader.h). A Redis
+    that answers later than that does not fail the request: the read goes to a reader thread, which has
+    redis_io_timeout, the connection waits suspended, and the answer is the real one. The HTTP threads
+    read again once a reader's round trip succeeded."""
+    cfg = ns.config(user_status={"redis_address": private_redis.addr, "redis_io_timeout": "10s"},
+                    query={"threads": 1})
+    q = ns.start_query(cfg)
+    assert api(q.url, "get_user_status", {"users": ["s0"]}).json() == {"result": {"statuses": [{"user": "s0"}]}}
+    inline0 = metric(q.url, "userstatus_query_reads_inline_total")
+    batched0 = metric(q.url, "userstatus_query_reads_batched_total")
+    private_redis.freeze()
+    thaw = threading.Timer(0.6, private_redis.thaw)
+    thaw.start()
+    try:
+        t0 = time.monotonic()
+        r = api(q.url, "get_user_status", {"users": ["s1", "s2"]}, timeout=10)
+        took = time.monotonic() - t0
+    finally:
+        thaw.join()
+    assert r.json() == {"result": {"statuses": [{"user": "s1"}, {"user": "s2"}]}}, r.text
+    assert took >= 0.5, took  # answered after the thaw, not failed at the 50 ms timeout
+    assert metric(q.url, "userstatus_query_reads_batched_total") == batched0 + 1
+    assert metric(q.url, "userstatus_query_reads_inline_total") == inline0
+    assert api(q.url, "get_user_status", {"users": ["s3"]}).json() == {"result": {"statuses": [{"user": "s3"}]}}
+    assert metric(q.url, "userstatus_query_reads_inline_total") == inline0 + 1
+
+
 def test_health_answers_from_state_while_redis_is_frozen(ns, private_redis):
     cfg = ns.config(user_status={"redis_address": private_redis.addr, "redis_io_timeout": "20s"},
                     query={"threads": 2})
