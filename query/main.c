@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <malloc.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -71,7 +72,7 @@ int main(int argc, char **argv, char **envp)
      * they once held: with ~28 threads (HTTP loops, readers, gRPC, librdkafka) the arenas alone
      * were 11 MB of a 32-36 MB peak under the bench's loads. As many arenas as HTTP loops keeps
      * the peak under 30 MB at the same rates (docs/choices.md, "Query memory"). */
-    mallopt(M_ARENA_MAX, (int)(threads > 2 ? threads : 2));
+    if (!getenv("MALLOC_ARENA_MAX")) mallopt(M_ARENA_MAX, (int)(threads > 2 ? threads : 2));
     us_redis_metrics_register();
     us_producer *producer = us_producer_new(&cfg, err, sizeof(err));
     us_reader *reader = producer ? us_reader_new(&cfg, (int)threads, err, sizeof(err)) : NULL;
