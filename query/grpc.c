@@ -28,6 +28,7 @@
 #include "grpc_reflection.pb-c.h"
 #include "log.h"
 #include "metrics.h"
+#include "reader.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -146,6 +147,7 @@ typedef struct rpc {
 struct us_grpc {
     const us_config *cfg;
     us_core *core;
+    us_reader *reader;
     grpc_server *server;
     grpc_completion_queue *cq;
     void *registered[NMETHODS];
@@ -785,17 +787,29 @@ static void on_event(us_grpc *g, void *tag, int ok)
     serve(r);
 }
 
+/* A queue thread is an event loop of the reader's (reader.h): the reads of the calls it starts
+ * wait until the queue has nothing ready, then go to Redis in one round trip on this thread. */
 static void *cq_thread(void *arg)
 {
     us_grpc *g = arg;
+    us_reader_loop_begin(g->reader, NULL, NULL);
+    int events = 0; /* Handled since the last flush. */
     for (;;) {
-        gpr_timespec wake = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                                         gpr_time_from_millis(CQ_WAKEUP_MS, GPR_TIMESPAN));
+        gpr_timespec wake = events ? gpr_inf_past(GPR_CLOCK_MONOTONIC)
+                                   : gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                                  gpr_time_from_millis(CQ_WAKEUP_MS, GPR_TIMESPAN));
         grpc_event ev = grpc_completion_queue_next(g->cq, wake, NULL);
-        if (ev.type == GRPC_OP_COMPLETE) on_event(g, ev.tag, ev.success);
+        if (ev.type == GRPC_OP_COMPLETE) {
+            on_event(g, ev.tag, ev.success);
+            events++;
+        } else if (ev.type == GRPC_QUEUE_TIMEOUT && events) {
+            us_reader_flush(g->reader);
+            events = 0;
+        }
         if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
         if (atomic_load(&g->shutdown_seen) && atomic_load(&g->live) == 0) break;
     }
+    us_reader_loop_end(g->reader);
     return NULL;
 }
 
@@ -899,13 +913,15 @@ static void register_metrics(us_grpc *g)
                           "gRPC calls rejected before running, by reason.");
 }
 
-us_grpc *us_grpc_start(const us_config *cfg, us_core *core, char *err, size_t errlen)
+us_grpc *us_grpc_start(const us_config *cfg, us_core *core, us_reader *reader, char *err,
+                       size_t errlen)
 {
     if (us_grpc_check_config(cfg, err, errlen) != 0) return NULL;
     us_grpc *g = calloc(1, sizeof(*g));
     if (!g) abort();
     g->cfg = cfg;
     g->core = core;
+    g->reader = reader;
     g->shutdown_tag = TAG_SHUTDOWN;
     g->transport_default = strcmp(cfg->grpc_api.error_mode, "transport") == 0;
     if (cfg->grpc_api.key[0]) {

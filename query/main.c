@@ -80,7 +80,7 @@ int main(int argc, char **argv, char **envp)
     /* gRPC before HTTP: once /health answers, both APIs listen. */
     us_grpc *grpc = NULL;
     int grpc_ok = core && (!cfg.grpc_api.enabled ||
-                           (grpc = us_grpc_start(&cfg, core, err, sizeof(err))) != NULL);
+                           (grpc = us_grpc_start(&cfg, core, reader, err, sizeof(err))) != NULL);
     us_api *api = grpc_ok ? us_api_start(&cfg, core, producer, reader, threads, err, sizeof(err))
                           : NULL;
     if (!api) {
