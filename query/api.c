@@ -8,10 +8,12 @@
  * keep-alive, so the 401 goes out on the last call). Body chunks are collected up to
  * query.max_body_size; the last call parses the JSON into a call of the command core and starts it.
  *
- * Nothing blocks an HTTP thread. A call that has to wait (events for the broker, reads for the
- * batched reader) suspends the connection from the core's on_wait hook, before anything can
- * complete it; the core's done callback resumes it, from a producer, reader or deadline thread,
- * and the handler is called once more to send the reply. Every call has a deadline
+ * Threads: each HTTP thread runs an event loop of its own (http_loop.h). Nothing blocks it. A call
+ * that has to wait for the broker or a reader thread suspends the connection from the core's
+ * on_wait hook, before anything can complete it; the core's done callback resumes it, from a
+ * producer, reader or deadline thread, and the handler is called once more to send the reply. A
+ * call that only waits for reads deferred to this loop's flush (reader.h) is not suspended: the
+ * loop's next libmicrohttpd pass, right after the flush, calls the handler again. Every call has a deadline
  * (query.request_timeout), and us_core_quiesce completes all of them at shutdown, so no
  * connection is still suspended when the daemon stops.
  *

@@ -3,8 +3,9 @@
  *
  * A front end turns one request into a call of one or more commands, starts it, and answers once
  * the call is complete. Starting a call produces the events of its updates and deletes (answered
- * only after the broker acknowledged them) and hands its reads to the batched reader; nothing
- * blocks the front end's thread. A call completes exactly once: when its last operation finished,
+ * only after the broker acknowledged them) and hands its reads to the reader (reader.h: deferred
+ * to the calling loop's next flush, or batched on a reader thread); nothing blocks the front end's
+ * thread. A call completes exactly once: when its last operation finished,
  * or when its deadline passed, or when the core is quiesced for shutdown. A command whose
  * operations were not all finished by then fails with US_ERR_INTERNAL.
  *

@@ -64,7 +64,8 @@ int main(int argc, char **argv, char **envp)
         us_config_free(&cfg);
         return 1;
     }
-    /* query.threads (default: one per core) sizes both the HTTP thread pool and the reader. */
+    /* query.threads (default: one per core) sizes the HTTP loops, the gRPC queue threads and the
+     * reader. */
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     unsigned threads = cfg.query.threads > 0 ? (unsigned)cfg.query.threads
                                              : (unsigned)(cores > 0 ? cores : 1);

@@ -1,5 +1,14 @@
-/* Implementation of the batched Redis reader, and of its inline shortcut for small reads when it
- * is idle.
+/* Implementation of the batched Redis reader, of the reads deferred to event loops, and of the
+ * inline shortcut for small reads when the reader is idle.
+ *
+ * Deferred reads
+ * --------------
+ * A loop thread's inline_store (below) also holds the jobs it deferred, in order, until its flush
+ * reads them in one round trip (read_jobs, as a reader thread's round). Only that thread touches
+ * them. While the flush awaits the replies, the loop runs libmicrohttpd, whose handlers may defer
+ * more jobs: they go to the emptied list, for the next flush. A failed flush turns deferring and
+ * inline reads off (rd->inline_ok) until a batched round trip succeeds, and hands its jobs to the
+ * reader threads (calling each job's handoff first).
  *
  * Batched reads
  * -------------

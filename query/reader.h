@@ -1,15 +1,16 @@
-/* Batched Redis reads for the HTTP threads.
+/* Batched Redis reads for the front ends, three ways.
  *
- * An HTTP thread that needs statuses hands a job to the reader and suspends the connection; a
- * reader thread takes every job queued meanwhile and reads all their users in one pipelined round
- * trip per Redis node, then wakes each job's waiter. Under load many requests share a round trip,
- * so the HTTP threads never sit idle waiting for Redis.
- *
- * When nothing is queued, though, there is nothing to batch with, and the handoff (a reader thread
- * woken, the connection suspended and resumed) costs more than the read. A small read may then be
- * done inline, on the caller's thread, over a connection of that thread's own, with a short I/O
- * timeout (us_reader_read_inline); anything else, or an inline read that fails, goes to the
- * batched reader. */
+ * - Deferred to an event loop's flush (us_reader_defer, us_reader_flush): the front ends' own
+ *   threads (HTTP event loops, gRPC queue threads) keep the reads the requests of one pass started
+ *   and read them all in one pipelined round trip per Redis node at the end of the pass, on that
+ *   thread, over connections of its own: no handoff to another thread. An HTTP loop serves its other
+ *   connections while Redis answers (the await hook).
+ * - Batched on reader threads (us_reader_submit): a reader thread takes every job queued meanwhile
+ *   and reads them in one round trip, then runs each job's done callback. For reads from other
+ *   threads, and for deferred reads whose round trip failed or took longer than
+ *   READER_INLINE_TIMEOUT_MS: the reader threads have the configured redis_io_timeout.
+ * - Inline (us_reader_read_inline): a small read from a thread that is no loop, when the reader is
+ *   idle, done at once on the caller's thread. */
 #ifndef US_READER_H
 #define US_READER_H
 
