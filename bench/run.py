@@ -24,6 +24,7 @@ Needs: Kafka on $USERSTATUS_TEST_KAFKA (scripts/kafka.sh start), redis-server, w
 (scripts/deps.sh installs them), and the venv's confluent_kafka.
 """
 import argparse
+import collections
 import json
 import os
 import re
@@ -169,6 +170,12 @@ class Monitor:
                 if args and args[0].upper() not in self.SKIP:
                     cmds.append(args)
         return cmds
+
+
+def redis_cpu_s(port):
+    """CPU seconds the redis-server on port has used (INFO cpu: user + system, all its threads)."""
+    info = redis_cli(port, "INFO", "cpu")
+    return sum(float(re.search(rf"{k}:([\d.]+)", info).group(1)) for k in ("used_cpu_sys", "used_cpu_user"))
 
 
 def replay(port, cmds, repeat, work, name):
@@ -378,9 +385,13 @@ def main():
             results["worker_settings"] = args.worker_set
             empty = int(re.search(r"used_memory:(\d+)", redis_cli(rport, "INFO", "memory")).group(1)) \
                 if topo is None else 0
+            cpu0 = redis_cpu_s(rport) if topo is None else 0
             rate, rss = drain(start, args.build, wcfg, work, "worker", args.events, args.profile)
             if not args.profile:
                 results["worker_events_per_s"], results["worker_peak_rss_mb"] = rate, rss
+                if topo is None:  # Redis time per event: the measure that does not depend on
+                    # how the 2 cores are shared with the broker and the worker during the drain.
+                    results["worker_events_per_redis_cpu_s"] = args.events / (redis_cpu_s(rport) - cpu0)
             if topo is None:
                 info = redis_cli(rport, "INFO", "memory")
                 used = int(re.search(r"used_memory:(\d+)", info).group(1))
@@ -403,8 +414,14 @@ def main():
                 drain(start, args.build, wcfg, work, "worker-capture", args.events)
                 cmds = mon.stop()
                 redis_cli(rport, "FLUSHALL")
+                cpu0 = redis_cpu_s(rport)
                 per_s = replay(rport, cmds, 1, work, "worker")
+                results["redis_replay_worker_events_per_redis_cpu_s"] = args.events / (redis_cpu_s(rport) - cpu0)
                 results["worker_commands_per_event"] = len(cmds) / args.events
+                mix = collections.Counter(c[0].upper().decode() if isinstance(c[0], bytes) else c[0].upper()
+                                          for c in cmds)
+                results["worker_commands_per_event_by_name"] = {
+                    k: round(v / args.events, 3) for k, v in mix.most_common()}
                 results["redis_replay_worker_events_per_s"] = per_s * args.events / len(cmds)
 
         # --- userstatus-query, interleaved with its peers ----------------------------------
@@ -527,6 +544,8 @@ def main():
     ratio("update: req/s vs webdis (1 ZADD GT)", "query_update_req_per_s", "webdis_update_req_per_s", "-")
     ratio("ingest: events/s vs Redis, same commands piped", "worker_events_per_s", "redis_replay_worker_events_per_s", "-")
     ratio("ingest: events/s vs Redis HSET piped", "worker_events_per_s", "redis_hset_per_s", ">= 0.5")
+    ratio("ingest: events per Redis CPU-s vs same cmds piped", "worker_events_per_redis_cpu_s",
+          "redis_replay_worker_events_per_redis_cpu_s", "-")
     if "redis_bytes_per_user" in r:
         print(f"  Redis bytes per user ({args.storage})            {r['redis_bytes_per_user']:.0f}  [<= 40]")
         print(f"  + deadline index, per online user       {r['redis_index_bytes_per_online_user']:.0f}  [-]")
