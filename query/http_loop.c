@@ -183,18 +183,20 @@ us_http_loops *us_http_loops_start(const us_http_loop_spec *spec, char *err, siz
     set->spec = *spec;
     set->n = n;
     for (unsigned i = 0; i < n; i++) set->loops[i].wake = -1;
-    int listen_fd = -1;
-    for (unsigned i = 0; i < n; i++) {
+    int listen_fd = -1, failed = 0;
+    for (unsigned i = 0; i < n && !failed; i++) {
         loop *l = &set->loops[i];
         l->set = set;
         l->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (l->wake < 0) {
             snprintf(err, errlen, "eventfd: %s", strerror(errno));
+            failed = 1;
             break;
         }
         int fd = -1;
         if (i > 0 && (fd = fcntl(listen_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
             snprintf(err, errlen, "dup of the listening socket: %s", strerror(errno));
+            failed = 1;
             break;
         }
         /* Each daemon's share of the connection limit; they add up to it. */
@@ -203,6 +205,7 @@ us_http_loops *us_http_loops_start(const us_http_loop_spec *spec, char *err, siz
         if (!l->daemon) {
             if (fd >= 0) close(fd);
             snprintf(err, errlen, "cannot start libmicrohttpd (address in use?)");
+            failed = 1;
             break;
         }
         if (i == 0) {
@@ -210,19 +213,20 @@ us_http_loops *us_http_loops_start(const us_http_loop_spec *spec, char *err, siz
             int fl = fcntl(listen_fd, F_GETFL);
             if (fl < 0 || fcntl(listen_fd, F_SETFL, fl | O_NONBLOCK) < 0) {
                 snprintf(err, errlen, "listening socket: %s", strerror(errno));
-                break;
+                failed = 1;
             }
         }
     }
-    for (unsigned i = 0; i < n && set->loops[n - 1].daemon; i++) {
+    for (unsigned i = 0; i < n && !failed; i++) {
         loop *l = &set->loops[i];
         if (pthread_create(&l->thread, NULL, loop_main, l) != 0) {
             snprintf(err, errlen, "cannot start an HTTP thread");
+            failed = 1;
             break;
         }
         l->started = 1;
     }
-    if (!set->loops[n - 1].started) {
+    if (failed) {
         us_http_loops_stop(set);
         return NULL;
     }
