@@ -13,6 +13,11 @@ machine is noisy. Peers, each given the same work as our service:
 
     bench/run.py [--build build] [--seconds 10] [--events 500000] [--profile docs/perf/NAME]
                  [--storage buckets|per_user] [--memory-users 1000000]
+                 [--redis single|shards|cluster|sentinel]
+
+With --redis other than single, our services use that topology (bench's own servers); the
+same-commands peer then captures and replays on each of its servers at once, while webdis and
+redis-benchmark keep one redis-server: the ratios say what the topology gives over one Redis.
 
 The Redis memory per user and the store-level write/read rates of both storage models are
 measured side by side by bench/memory.py (on a redis-server of its own), which this runs first.
@@ -145,51 +150,66 @@ def unescape(a):
 
 
 class Monitor:
-    """Captures the commands a Redis executes (MONITOR) while a load runs; skips PING and our own
-    tools' commands."""
+    """Captures the commands Redis servers execute (MONITOR on each) while a load runs; skips PING,
+    cluster and sentinel chatter and our own tools' commands."""
 
-    SKIP = {b"PING", b"MONITOR", b"INFO", b"DBSIZE", b"FLUSHALL", b"CLIENT", b"HELLO", b"COMMAND"}
+    SKIP = {b"PING", b"MONITOR", b"INFO", b"DBSIZE", b"FLUSHALL", b"CLIENT", b"HELLO", b"COMMAND",
+            b"CLUSTER", b"REPLCONF", b"PUBLISH", b"SENTINEL", b"ROLE"}
 
-    def __init__(self, port, path):
-        self.path = path
-        self.proc = subprocess.Popen(["redis-cli", "-p", str(port), "MONITOR"],
-                                     stdout=open(path, "wb"), stderr=subprocess.DEVNULL)
+    def __init__(self, ports, path):
+        self.paths = {port: f"{path}-{port}" for port in ports}
+        self.procs = [subprocess.Popen(["redis-cli", "-p", str(port), "MONITOR"],
+                                       stdout=open(p, "wb"), stderr=subprocess.DEVNULL)
+                      for port, p in self.paths.items()]
         time.sleep(0.3)  # Registered before the load starts.
 
     def stop(self):
+        """The commands each server executed: {port: [argv, ...]}."""
         time.sleep(0.3)
-        self.proc.terminate()
-        self.proc.wait(10)
-        cmds = []
-        with open(self.path, "rb") as f:
-            for line in f:
-                m = MONITOR_LINE.match(line.rstrip(b"\n"))
-                if not m:
-                    continue
-                args = [unescape(a) for a in MONITOR_ARG.findall(m.group(1))]
-                if args and args[0].upper() not in self.SKIP:
-                    cmds.append(args)
-        return cmds
+        for proc in self.procs:
+            proc.terminate()
+            proc.wait(10)
+        out = {}
+        for port, path in self.paths.items():
+            cmds = out[port] = []
+            with open(path, "rb") as f:
+                for line in f:
+                    m = MONITOR_LINE.match(line.rstrip(b"\n"))
+                    if not m:
+                        continue
+                    args = [unescape(a) for a in MONITOR_ARG.findall(m.group(1))]
+                    if args and args[0].upper() not in self.SKIP:
+                        cmds.append(args)
+        return out
 
 
-def redis_cpu_s(port):
-    """CPU seconds the redis-server on port has used (INFO cpu: user + system, all its threads)."""
-    info = redis_cli(port, "INFO", "cpu")
-    return sum(float(re.search(rf"{k}:([\d.]+)", info).group(1)) for k in ("used_cpu_sys", "used_cpu_user"))
+def redis_cpu_s(ports):
+    """CPU seconds the redis-servers on ports have used (INFO cpu: user + system, all threads)."""
+    total = 0.0
+    for port in ports:
+        info = redis_cli(port, "INFO", "cpu")
+        total += sum(float(re.search(rf"{k}:([\d.]+)", info).group(1)) for k in ("used_cpu_sys", "used_cpu_user"))
+    return total
 
 
-def replay(port, cmds, repeat, work, name):
-    """Replays cmds (repeat times) pipelined with redis-cli --pipe; returns commands per second."""
-    path = os.path.join(work, name + ".resp")
-    one = b"".join(resp(c) for c in cmds)
-    with open(path, "wb") as f:
-        for _ in range(repeat):
-            f.write(one)
+def replay(cmds_by_port, repeat, work, name):
+    """Replays each port's commands (repeat times) on that port, pipelined with redis-cli --pipe,
+    all ports at once; returns the commands (of all ports) per second of the whole replay."""
+    paths = {}
+    for port, cmds in cmds_by_port.items():
+        paths[port] = os.path.join(work, f"{name}-{port}.resp")
+        one = b"".join(resp(c) for c in cmds)
+        with open(paths[port], "wb") as f:
+            for _ in range(repeat):
+                f.write(one)
     t0 = time.time()
-    with open(path, "rb") as f:
-        subprocess.run(["redis-cli", "-p", str(port), "--pipe"], stdin=f, check=True,
-                       capture_output=True)
-    return len(cmds) * repeat / (time.time() - t0)
+    procs = [subprocess.Popen(["redis-cli", "-p", str(port), "--pipe"], stdin=open(path, "rb"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for port, path in paths.items()]
+    for p in procs:
+        if p.wait() != 0:
+            raise RuntimeError("redis-cli --pipe failed")
+    return sum(len(c) for c in cmds_by_port.values()) * repeat / (time.time() - t0)
 
 
 class Profiler:
@@ -315,7 +335,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3,
                     help="alternations of our service and its peers per HTTP load")
     ap.add_argument("--redis", choices=["single", "shards", "cluster", "sentinel"], default="single",
-                    help="Redis topology under test (peers are measured in single mode only)")
+                    help="Redis topology under test: the same-commands peers replay on its servers; webdis and redis-benchmark use one redis-server")
     args = ap.parse_args()
     brokers = os.environ.get("USERSTATUS_TEST_KAFKA", "127.0.0.1:19092")
     work = tempfile.mkdtemp(prefix="us-bench-")
@@ -350,7 +370,11 @@ def main():
         results["redis_topology"] = args.redis
         results["storage"] = args.storage
         redis_cfg = dict(redis_cfg, storage=args.storage, expected_users=args.events)
-        peers = topo is None and not args.profile and not args.no_peers
+        # The Redis servers that run our commands: the peers replay those commands on them. The
+        # other peers (webdis, redis-benchmark) use the single instance on rport.
+        cmd_ports = [rport] if topo is None else \
+            [topo.master.port] if args.redis == "sentinel" else [s.port for s in topo.nodes]
+        peers = not args.profile and not args.no_peers
 
         # --- generic peers ---------------------------------------------------------------
         if peers:
@@ -385,13 +409,13 @@ def main():
             results["worker_settings"] = args.worker_set
             empty = int(re.search(r"used_memory:(\d+)", redis_cli(rport, "INFO", "memory")).group(1)) \
                 if topo is None else 0
-            cpu0 = redis_cpu_s(rport) if topo is None else 0
+            cpu0 = redis_cpu_s(cmd_ports)
             rate, rss = drain(start, args.build, wcfg, work, "worker", args.events, args.profile)
             if not args.profile:
                 results["worker_events_per_s"], results["worker_peak_rss_mb"] = rate, rss
-                if topo is None:  # Redis time per event: the measure that does not depend on
-                    # how the 2 cores are shared with the broker and the worker during the drain.
-                    results["worker_events_per_redis_cpu_s"] = args.events / (redis_cpu_s(rport) - cpu0)
+                # Redis time per event: the measure that does not depend on how the 2 cores are
+                # shared with the broker and the worker during the drain.
+                results["worker_events_per_redis_cpu_s"] = args.events / (redis_cpu_s(cmd_ports) - cpu0)
             if topo is None:
                 info = redis_cli(rport, "INFO", "memory")
                 used = int(re.search(r"used_memory:(\d+)", info).group(1))
@@ -408,15 +432,18 @@ def main():
             if peers:
                 # The same drain again (a new consumer group) into an empty Redis, with MONITOR
                 # capturing every write; then Redis absorbs exactly those commands pipelined.
-                redis_cli(rport, "FLUSHALL")
+                for port in cmd_ports:
+                    redis_cli(port, "FLUSHALL")
                 wcfg["kafka"]["consumer_group"] = ns + "_capture"
-                mon = Monitor(rport, os.path.join(work, "worker.monitor"))
+                mon = Monitor(cmd_ports, os.path.join(work, "worker.monitor"))
                 drain(start, args.build, wcfg, work, "worker-capture", args.events)
-                cmds = mon.stop()
-                redis_cli(rport, "FLUSHALL")
-                cpu0 = redis_cpu_s(rport)
-                per_s = replay(rport, cmds, 1, work, "worker")
-                results["redis_replay_worker_events_per_redis_cpu_s"] = args.events / (redis_cpu_s(rport) - cpu0)
+                by_port = mon.stop()
+                cmds = [c for port in cmd_ports for c in by_port[port]]
+                for port in cmd_ports:
+                    redis_cli(port, "FLUSHALL")
+                cpu0 = redis_cpu_s(cmd_ports)
+                per_s = replay(by_port, 1, work, "worker")
+                results["redis_replay_worker_events_per_redis_cpu_s"] = args.events / (redis_cpu_s(cmd_ports) - cpu0)
                 results["worker_commands_per_event"] = len(cmds) / args.events
                 mix = collections.Counter(c[0].upper().decode() if isinstance(c[0], bytes) else c[0].upper()
                                           for c in cmds)
@@ -465,12 +492,12 @@ def main():
                 replay_file = None
                 if peers and k.startswith("get"):
                     # The read commands of one such request, for Redis to serve pipelined.
-                    mon = Monitor(rport, os.path.join(work, k + ".monitor"))
+                    mon = Monitor(cmd_ports, os.path.join(work, k + ".monitor"))
                     urllib.request.urlopen(urllib.request.Request(
                         base + path, data=json.dumps(body).encode(),
                         headers={"X-API-Key": "secret"}), timeout=5).read()
-                    replay_file = mon.stop()
-                    results[f"redis_replay_{k}_cmds"] = len(replay_file)
+                    replay_file = mon.stop()  # {port: commands}
+                    results[f"redis_replay_{k}_cmds"] = sum(len(c) for c in replay_file.values())
                 ours, p99s, webdis_rps, replay_rps = [], [], [], []
                 for _ in range(1 if args.profile else args.rounds):
                     prof = Profiler(args.profile, query.pid, min(slice_s, 5), "query-" + k)
@@ -482,10 +509,10 @@ def main():
                     if wport and webdis_path:
                         webdis_rps.append(wrk(f"http://127.0.0.1:{wport}{webdis_path}", slice_s,
                                               **wrk_args)[0])
-                    if replay_file:
-                        repeat = max(1, 500000 // len(replay_file))
-                        replay_rps.append(replay(rport, replay_file, repeat, work, k) /
-                                          len(replay_file))
+                    ncmds = results.get(f"redis_replay_{k}_cmds", 0)
+                    if ncmds:
+                        repeat = max(1, 500000 // ncmds)
+                        replay_rps.append(replay(replay_file, repeat, work, k) / ncmds)
                 if k.startswith("get") and not args.profile:
                     # The gRPC API of the same process, same users per call, right after.
                     loader = os.path.join(args.build, "bench", "userstatus-grpc-load")
@@ -524,7 +551,7 @@ def main():
     print(json.dumps(r, indent=2))
     if memory:
         memory_bench.report(memory, args.memory_users)
-    if topo is not None or args.profile:
+    if args.profile:
         return
 
     def ratio(label, a, b, target):
@@ -533,6 +560,9 @@ def main():
 
     print(f"\nratios, same machine, same run (wrk -t{args.threads} -c{args.connections} for every HTTP "
           f"load; medians of {args.rounds} interleaved slices):")
+    if r.get("redis_topology", "single") != "single":
+        print(f"  (Redis: {r['redis_topology']}; 'same commands' are replayed on its servers, each its own "
+              "share at once; webdis and redis-benchmark use one redis-server)")
     ratio("get 1 user: req/s vs webdis (1 key read)", "query_get1_req_per_s", "webdis_get1_req_per_s", ">= 1.2")
     ratio("get 1 user: req/s vs Redis, same commands piped", "query_get1_req_per_s", "redis_replay_get1_req_per_s", "-")
     if "query_get100_req_per_s" in r:

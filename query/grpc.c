@@ -469,14 +469,21 @@ static void answer_result(rpc *r)
         answer_single(r);
 }
 
-/* The core's done callback (a producer, reader or deadline thread). It only posts the rpc back to
- * the completion queue (a batch of no operations completes at once): packing and sending the
- * answer there keeps that work off the reader threads, whose next Redis round trip would wait for
- * it, and spreads it over the queue threads. */
+static _Thread_local int on_queue_thread; /* The calling thread serves the completion queue. */
+
+/* The core's done callback. On a queue thread (its own flush of deferred reads) it answers at
+ * once. Elsewhere (a producer, reader or deadline thread) it only posts the rpc back to the
+ * completion queue (a batch of no operations completes at once): packing and sending the answer
+ * there keeps that work off the reader threads, whose next Redis round trip would wait for it,
+ * and spreads it over the queue threads. */
 static void on_call_done(us_call *call, void *arg)
 {
     (void)call;
     rpc *r = arg;
+    if (on_queue_thread) {
+        answer_result(r);
+        return;
+    }
     grpc_call_error e = grpc_call_start_batch(r->call, NULL, 0, r, NULL);
     if (e != GRPC_CALL_OK) { /* Not expected: answer from here instead. */
         us_warn("grpc: cannot post a completed call to the queue: grpc_call_error %d", (int)e);
@@ -792,6 +799,7 @@ static void on_event(us_grpc *g, void *tag, int ok)
 static void *cq_thread(void *arg)
 {
     us_grpc *g = arg;
+    on_queue_thread = 1;
     us_reader_loop_begin(g->reader, NULL, NULL);
     int events = 0; /* Handled since the last flush. */
     for (;;) {
