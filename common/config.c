@@ -108,6 +108,7 @@ static const key_desc keys[] = {
     {"worker.metrics_port", KEY_INT, F(worker.metrics_port), "9100", 0, 65535},
     {"worker.processes", KEY_INT, F(worker.processes), "1", 1, 256},
     {"query.max_body_size", KEY_INT, F(query.max_body_size), "1048576", 64, 1 << 30},
+    {"query.max_header_size", KEY_INT, F(query.max_header_size), "8192", 1024, 1 << 20},
     {"query.max_users_per_request", KEY_INT, F(query.max_users_per_request), "1000", 1, 1000000},
     {"query.max_user_id_length", KEY_INT, F(query.max_user_id_length), "256", 1, US_USER_ID_MAX},
     {"query.threads", KEY_INT, F(query.threads), "0", 0, 1024},

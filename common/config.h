@@ -77,6 +77,7 @@ typedef struct us_config {
 
     struct {
         int max_body_size;
+        int max_header_size; /* Request line and headers; sizes libmicrohttpd's connection memory. */
         int max_users_per_request;
         int max_user_id_length;
         int threads;

@@ -29,10 +29,6 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-/* libmicrohttpd's memory per connection (its default: 32 KiB). It zeroes all of it for every
- * request, 9 % of the CPU time of 1-user gets at its default; 8 KiB took 1-user gets from 1.05x to
- * 1.15-1.28x webdis's rate. It bounds the request's header block (docs/choices.md, HTTP limits). */
-#define CONNECTION_MEMORY 8192
 #define LOOP_MAX_WAIT_MS 1000 /* A loop's longest wait between passes. Milliseconds. */
 
 typedef struct us_http_loop {
@@ -162,13 +158,13 @@ static struct MHD_Daemon *start_daemon(const us_http_loop_spec *spec, unsigned l
     if (listen_fd >= 0)
         return MHD_start_daemon(flags, 0, NULL, NULL, spec->handler, spec->handler_arg,
                                 MHD_OPTION_LISTEN_SOCKET, listen_fd,
-                                MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
+                                MHD_OPTION_CONNECTION_MEMORY_LIMIT, spec->connection_memory,
                                 MHD_OPTION_CONNECTION_LIMIT,
                                 limit, MHD_OPTION_CONNECTION_TIMEOUT, spec->connection_timeout_s,
                                 MHD_OPTION_NOTIFY_COMPLETED, spec->completed, NULL, MHD_OPTION_END);
     return MHD_start_daemon(flags, 0, NULL, NULL, spec->handler, spec->handler_arg,
                             MHD_OPTION_SOCK_ADDR, spec->addr, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-                            (size_t)CONNECTION_MEMORY, MHD_OPTION_CONNECTION_LIMIT, limit,
+                            spec->connection_memory, MHD_OPTION_CONNECTION_LIMIT, limit,
                             MHD_OPTION_CONNECTION_TIMEOUT, spec->connection_timeout_s,
                             MHD_OPTION_NOTIFY_COMPLETED, spec->completed, NULL,
                             MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);

@@ -23,6 +23,7 @@ typedef struct us_http_loop_spec {
     unsigned threads;            /* Daemons, each on its own thread; at least 1. */
     unsigned max_connections;    /* Over all daemons. */
     unsigned connection_timeout_s;
+    size_t connection_memory;    /* libmicrohttpd's per connection; bounds the header block. */
     MHD_AccessHandlerCallback handler;
     void *handler_arg;
     MHD_RequestCompletedCallback completed;
