@@ -183,6 +183,17 @@ class Monitor:
         return out
 
 
+def apply_settings(cfg, settings):
+    """Sets each KEY=JSON of settings (dotted keys) in the config dict cfg."""
+    for kv in settings:
+        key, val = kv.split("=", 1)
+        node = cfg
+        *path, last = key.split(".")
+        for k in path:
+            node = node.setdefault(k, {})
+        node[last] = json.loads(val)
+
+
 def redis_cpu_s(ports):
     """CPU seconds the redis-servers on ports have used (INFO cpu: user + system, all threads)."""
     total = 0.0
@@ -330,6 +341,8 @@ def main():
     ap.add_argument("--worker-set", action="append", default=[], metavar="KEY=JSON",
                     help="extra worker config, e.g. worker.batch_size=5000 or "
                          "kafka.properties={\"fetch.max.bytes\":\"1048576\"} (repeatable)")
+    ap.add_argument("--query-set", action="append", default=[], metavar="KEY=JSON",
+                    help="extra query service config, e.g. query.max_header_size=4096 (repeatable)")
     ap.add_argument("--only", choices=["all", "query", "worker"], default="all")
     ap.add_argument("--no-peers", action="store_true", help="measure our services only")
     ap.add_argument("--rounds", type=int, default=3,
@@ -399,13 +412,7 @@ def main():
             produce_events(brokers, ns + "_w", args.events)
             wcfg = json.loads(json.dumps(cfg))
             wcfg["kafka"]["topic"] = ns + "_w"  # Not mixed with the events of the update load.
-            for kv in args.worker_set:
-                key, val = kv.split("=", 1)
-                node = wcfg
-                *path, last = key.split(".")
-                for k in path:
-                    node = node.setdefault(k, {})
-                node[last] = json.loads(val)
+            apply_settings(wcfg, args.worker_set)
             results["worker_settings"] = args.worker_set
             empty = int(re.search(r"used_memory:(\d+)", redis_cli(rport, "INFO", "memory")).group(1)) \
                 if topo is None else 0
@@ -466,6 +473,8 @@ def main():
                 start(["webdis", wdcfg], "webdis.out")
                 wait_port(wport)
                 redis_cli(rport, "ZADD", "bench:r42", 1700000000, "a", 1700000001, "o")
+            apply_settings(cfg, args.query_set)
+            results["query_settings"] = args.query_set
             cfg_path = os.path.join(work, "config.json")
             json.dump(cfg, open(cfg_path, "w"))
             query = start([os.path.join(args.build, "query", "userstatus-query"), "--config",
