@@ -183,6 +183,13 @@ class Monitor:
         return out
 
 
+def proc_cpu_s(pid):
+    """CPU seconds (user + system) process pid has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def apply_settings(cfg, settings):
     """Sets each KEY=JSON of settings (dotted keys) in the config dict cfg."""
     for kv in settings:
@@ -470,7 +477,7 @@ def main():
                            "http_host": "127.0.0.1", "http_port": wport, "threads": 2,
                            "pool_size": 8, "daemonize": False, "verbosity": 0,
                            "logfile": os.path.join(work, "webdis.log")}, open(wdcfg, "w"))
-                start(["webdis", wdcfg], "webdis.out")
+                webdis = start(["webdis", wdcfg], "webdis.out")
                 wait_port(wport)
                 redis_cli(rport, "ZADD", "bench:r42", 1700000000, "a", 1700000001, "o")
             apply_settings(cfg, args.query_set)
@@ -508,16 +515,24 @@ def main():
                     replay_file = mon.stop()  # {port: commands}
                     results[f"redis_replay_{k}_cmds"] = sum(len(c) for c in replay_file.values())
                 ours, p99s, webdis_rps, replay_rps = [], [], [], []
+                our_cpu, webdis_cpu = [], []  # CPU µs per request: what the shared cores hide.
                 for _ in range(1 if args.profile else args.rounds):
                     prof = Profiler(args.profile, query.pid, min(slice_s, 5), "query-" + k)
+                    cpu0 = proc_cpu_s(query.pid)
                     rps, p99, nbad = wrk(base + path, slice_s, scripts[k], **wrk_args)
+                    if rps:
+                        our_cpu.append((proc_cpu_s(query.pid) - cpu0) / (rps * slice_s) * 1e6)
                     prof.wait()
                     ours.append(rps)
                     p99s.append(p99 or 0)
                     bad += nbad
                     if wport and webdis_path:
+                        cpu0 = proc_cpu_s(webdis.pid)
                         webdis_rps.append(wrk(f"http://127.0.0.1:{wport}{webdis_path}", slice_s,
                                               **wrk_args)[0])
+                        if webdis_rps[-1]:
+                            webdis_cpu.append((proc_cpu_s(webdis.pid) - cpu0) /
+                                              (webdis_rps[-1] * slice_s) * 1e6)
                     ncmds = results.get(f"redis_replay_{k}_cmds", 0)
                     if ncmds:
                         repeat = max(1, 500000 // ncmds)
@@ -533,6 +548,10 @@ def main():
                     results[f"query_{k}_req_per_s"] = statistics.median(ours)
                     results[f"query_{k}_p99_ms"] = statistics.median(p99s)
                     results[f"query_{k}_req_per_s_all"] = ours
+                if our_cpu:
+                    results[f"query_{k}_cpu_us_per_req"] = statistics.median(our_cpu)
+                if webdis_cpu:
+                    results[f"webdis_{k}_cpu_us_per_req"] = statistics.median(webdis_cpu)
                 if webdis_rps:
                     results[f"webdis_{k}_req_per_s"] = statistics.median(webdis_rps)
                     results[f"webdis_{k}_req_per_s_all"] = webdis_rps
@@ -565,7 +584,8 @@ def main():
 
     def ratio(label, a, b, target):
         if a in r and b in r and r[b]:
-            print(f"  {label:<52} {r[a]:>10.0f} / {r[b]:>10.0f} = {r[a] / r[b]:.2f}x  [{target}]")
+            fmt = lambda v: f"{v:>10.2f}" if v < 100 else f"{v:>10.0f}"
+            print(f"  {label:<52} {fmt(r[a])} / {fmt(r[b])} = {r[a] / r[b]:.2f}x  [{target}]")
 
     print(f"\nratios, same machine, same run (wrk -t{args.threads} -c{args.connections} for every HTTP "
           f"load; medians of {args.rounds} interleaved slices):")
@@ -573,6 +593,8 @@ def main():
         print(f"  (Redis: {r['redis_topology']}; 'same commands' are replayed on its servers, each its own "
               "share at once; webdis and redis-benchmark use one redis-server)")
     ratio("get 1 user: req/s vs webdis (1 key read)", "query_get1_req_per_s", "webdis_get1_req_per_s", ">= 1.2")
+    ratio("get 1 user: CPU µs per request, webdis's / ours", "webdis_get1_cpu_us_per_req",
+          "query_get1_cpu_us_per_req", "-")
     ratio("get 1 user: req/s vs Redis, same commands piped", "query_get1_req_per_s", "redis_replay_get1_req_per_s", "-")
     if "query_get100_req_per_s" in r:
         r["query_get100_users_per_s"] = r["query_get100_req_per_s"] * 100
