@@ -13,9 +13,9 @@
  * on_wait hook, before anything can complete it; the core's done callback resumes it, from a
  * producer, reader or deadline thread, and the handler is called once more to send the reply. A
  * call that only waits for reads deferred to this loop's flush (reader.h) is not suspended: the
- * loop's next libmicrohttpd pass, right after the flush, calls the handler again. Every call has a deadline
- * (query.request_timeout), and us_core_quiesce completes all of them at shutdown, so no
- * connection is still suspended when the daemon stops.
+ * loop's next libmicrohttpd pass, right after the flush, calls the handler again. Every call has
+ * a deadline (query.request_timeout), and us_core_quiesce completes all of them at shutdown, so
+ * no connection is still suspended when the daemon stops.
  *
  * Replies follow Centrifugo's server API: {"result":...} or {"error":{"code","message"}}, batch
  * replies keyed by method. The X-Userstatus-Error header carries the reason of this request's own
