@@ -183,11 +183,17 @@ class Monitor:
         return out
 
 
-def proc_cpu_s(pid):
-    """CPU seconds (user + system) process pid has used."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_s(pids):
+    """User + system CPU seconds of the processes (those that still run)."""
+    total = 0
+    for p in pids:
+        try:
+            with open("/proc/%d/stat" % p) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def apply_settings(cfg, settings):
@@ -518,20 +524,20 @@ def main():
                 our_cpu, webdis_cpu = [], []  # CPU µs per request: what the shared cores hide.
                 for _ in range(1 if args.profile else args.rounds):
                     prof = Profiler(args.profile, query.pid, min(slice_s, 5), "query-" + k)
-                    cpu0 = proc_cpu_s(query.pid)
+                    cpu0 = cpu_s([query.pid])
                     rps, p99, nbad = wrk(base + path, slice_s, scripts[k], **wrk_args)
                     if rps:
-                        our_cpu.append((proc_cpu_s(query.pid) - cpu0) / (rps * slice_s) * 1e6)
+                        our_cpu.append((cpu_s([query.pid]) - cpu0) / (rps * slice_s) * 1e6)
                     prof.wait()
                     ours.append(rps)
                     p99s.append(p99 or 0)
                     bad += nbad
                     if wport and webdis_path:
-                        cpu0 = proc_cpu_s(webdis.pid)
+                        cpu0 = cpu_s([webdis.pid])
                         webdis_rps.append(wrk(f"http://127.0.0.1:{wport}{webdis_path}", slice_s,
                                               **wrk_args)[0])
                         if webdis_rps[-1]:
-                            webdis_cpu.append((proc_cpu_s(webdis.pid) - cpu0) /
+                            webdis_cpu.append((cpu_s([webdis.pid]) - cpu0) /
                                               (webdis_rps[-1] * slice_s) * 1e6)
                     ncmds = results.get(f"redis_replay_{k}_cmds", 0)
                     if ncmds:

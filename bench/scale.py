@@ -51,7 +51,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 from memory import cli, sample_encodings, start_redis  # noqa: E402
-from run import metric, rss_mb, wait_http, wait_port, wrk  # noqa: E402
+from run import cpu_s, metric, rss_mb, wait_http, wait_port, wrk  # noqa: E402
 from conftest import KAFKA, admin, child_env, create_topics, delete_topics, free_port  # noqa: E402
 
 MODELS = ["buckets", "per_user"]
@@ -62,7 +62,6 @@ POLL_S = 0.1               # Period of the worker's /metrics poll while it drain
 DRAIN_TIMEOUT_S = 3600     # Gives up on a drain that has not finished by then.
 IDLE_TIMEOUT_S = 120       # ... or that applied nothing for that long.
 MIN_CPU_S = 0.01           # CPU seconds below this are clock ticks of a tiny run: not divided by.
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,19 +162,6 @@ def process_tree(pid):
         out.append(p)
         todo.extend(children.get(p, []))
     return out
-
-
-def cpu_s(pids):
-    """User + system CPU seconds of the processes (those that still run)."""
-    total = 0
-    for p in pids:
-        try:
-            with open("/proc/%d/stat" % p) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-        except (OSError, IndexError, ValueError):
-            pass
-    return total / CLK_TCK
 
 
 def free_port_run(n):
