@@ -42,6 +42,13 @@
 #define MAX_USERS_PER_ROUND 8192 /* Users read in one round; bounds a round's latency. */
 #define READER_PING_MS 1000      /* An idle reader thread PINGs Redis this often. Milliseconds. */
 
+/* The scratch arrays of one round trip: the users of every job, then their statuses. */
+typedef struct round_buf {
+    us_user_ref *users;
+    us_status *out;
+    size_t cap;
+} round_buf;
+
 /* One thread's store for inline reads, and, on an event-loop thread, its deferred reads. Only
  * that thread touches it, except for the list links. */
 typedef struct inline_store {
@@ -50,7 +57,7 @@ typedef struct inline_store {
     int loop;                    /* The thread called us_reader_loop_begin. */
     us_read_job *dhead, *dtail;  /* Deferred jobs, until us_reader_flush. */
     size_t dusers;               /* Their users. */
-    struct round_buf *buf;       /* Scratch of the flush's round trip; made on first use. */
+    round_buf buf;               /* Scratch of the flush's round trip. */
     struct inline_store *prev, *next; /* In rd->inline_list, under rd->mu. */
 } inline_store;
 
@@ -87,13 +94,6 @@ static void set_health(us_reader *rd, int ok, const char *err)
     if (was != 0 && !ok) us_warn("reader: Redis is unhealthy: %s", err); /* Changes only. */
     if (was == 0 && ok) us_info("reader: Redis is healthy again");
 }
-
-/* The scratch arrays of one round trip: the users of every job, then their statuses. */
-typedef struct round_buf {
-    us_user_ref *users;
-    us_status *out;
-    size_t cap;
-} round_buf;
 
 /* One reader thread's own connections and scratch arrays. */
 typedef struct reader_thread {
@@ -219,11 +219,8 @@ static void *reader_main(void *arg)
 static void inline_store_destroy(inline_store *st)
 {
     us_redis_free(st->redis);
-    if (st->buf) {
-        free(st->buf->users);
-        free(st->buf->out);
-        free(st->buf);
-    }
+    free(st->buf.users);
+    free(st->buf.out);
     free(st);
 }
 
@@ -355,12 +352,8 @@ int us_reader_flush(us_reader *rd)
     st->dhead = st->dtail = NULL;
     st->dusers = 0;
     for (us_read_job *j = jobs; j; j = j->next) njobs++;
-    if (!st->buf) {
-        st->buf = calloc(1, sizeof(*st->buf));
-        if (!st->buf) abort();
-    }
     char err[256] = "";
-    if (read_jobs(st->redis, st->buf, jobs, nusers, err, sizeof(err)) == 0) {
+    if (read_jobs(st->redis, &st->buf, jobs, nusers, err, sizeof(err)) == 0) {
         us_metric_add(rd->m_inline, njobs);
         finish_jobs(jobs, 0);
         return 1;
